@@ -1,0 +1,75 @@
+//! The `firmcast` command line: one module per command group. Each command
+//! returns an exit code or an error whose one-line text says what to do.
+
+mod admin;
+mod keys;
+mod release;
+mod verify;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "firmcast",
+    version,
+    about = "Firmware-update and push-notification distribution"
+)]
+pub struct Cli {
+    /// More log output (or set RUST_LOG).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create, rotate and show signing keys and keysets.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Sign releases offline.
+    #[command(subcommand)]
+    Release(release::ReleaseCommand),
+    /// Verify a signed release and its firmware file offline.
+    Verify(verify::VerifyArgs),
+    /// Admin tokens for the server's /v1/admin API.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Keys(cmd) => keys::run(cmd),
+        Command::Release(cmd) => release::run(cmd),
+        Command::Verify(args) => verify::run(args),
+        Command::Admin(cmd) => admin::run(cmd),
+    }
+}
+
+/// A progress bar for long work, drawn only on a terminal.
+pub(crate) fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// sha256 and size of a file, read in large blocks with a progress bar.
+pub(crate) fn hash_file(path: &std::path::Path) -> anyhow::Result<(String, u64)> {
+    use anyhow::Context;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open firmware file {}", path.display()))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = progress_bar(len, "hashing");
+    let out = firmcast_signing::digest::sha256_reader(bar.wrap_read(file))
+        .with_context(|| format!("cannot read firmware file {}", path.display()))?;
+    bar.finish_and_clear();
+    Ok(out)
+}
