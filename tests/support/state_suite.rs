@@ -1,0 +1,663 @@
+//! The state store conformance suite, written once for every backend.
+//!
+//! `state_conformance!(make)` expands to one `#[tokio::test]` per behaviour;
+//! `make` is an expression whose `.await` yields a [`Fixture`]: a fresh,
+//! empty `Arc<dyn StateStore>`, or `(store, guard)` when something (a temp
+//! dir, a container) must live until the test ends. The bodies live here as
+//! plain async functions so a failure points at this file, not at the macro.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use firmcast::state::{AuditEntry, ReleasePatch, StateError, StateStore, StoredRelease};
+use serde_json::json;
+
+#[macro_export]
+macro_rules! state_conformance {
+    ($make:expr) => {
+        $crate::state_conformance!(@tests $make;
+            empty_store_reads_nothing,
+            insert_then_get_and_list_round_trip,
+            duplicate_version_refused_state_unchanged,
+            duplicate_version_refused_when_yanked,
+            stale_seq_refused_with_max,
+            stale_seq_counts_yanked_releases,
+            seq_is_per_product,
+            update_patches_only_given_fields,
+            update_unknown_release_not_found,
+            list_filters_by_product_ordered_by_seq,
+            audit_ids_increase_and_page_newest_first,
+        );
+        $crate::state_conformance!(@race_tests $make;
+            concurrent_same_seq_has_one_winner,
+            concurrent_racing_seqs_keep_only_non_conflicting,
+        );
+    };
+    (@tests $make:expr; $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let fixture = $make.await;
+                let store = $crate::support::state_suite::Fixture::store(&fixture);
+                $crate::support::state_suite::$name(store).await;
+                drop(fixture);
+            }
+        )+
+    };
+    // Races need real parallelism, not one thread interleaving at awaits.
+    (@race_tests $make:expr; $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let fixture = $make.await;
+                let store = $crate::support::state_suite::Fixture::store(&fixture);
+                $crate::support::state_suite::$name(store).await;
+                drop(fixture);
+            }
+        )+
+    };
+}
+
+/// What `make` yields: the store, plus anything the test must keep alive.
+pub trait Fixture {
+    fn store(&self) -> Arc<dyn StateStore>;
+}
+
+impl Fixture for Arc<dyn StateStore> {
+    fn store(&self) -> Arc<dyn StateStore> {
+        Arc::clone(self)
+    }
+}
+
+impl<Guard> Fixture for (Arc<dyn StateStore>, Guard) {
+    fn store(&self) -> Arc<dyn StateStore> {
+        Arc::clone(&self.0)
+    }
+}
+
+/// A fixed instant with sub-second precision, so a backend that truncates
+/// timestamps fails the round trip.
+pub fn instant(secs_after: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_700_000_000 + secs_after, 123_456_789).unwrap()
+}
+
+/// A release with every field set to something distinctive.
+pub fn release(product: &str, version: &str, seq: u64) -> StoredRelease {
+    StoredRelease {
+        product: product.into(),
+        version: version.into(),
+        channel: "beta".into(),
+        seq,
+        envelope: format!(
+            r#"{{"payloadType":"application/vnd.firmcast.release+json","payload":"{product}/{version}","signatures":[]}}"#
+        ),
+        rollout_bp: 2500,
+        paused: true,
+        yanked: false,
+        seed: 0xdead_beef_0000_0000 ^ seq,
+        published_at: instant(0),
+        published_by: "alice".into(),
+        updated_at: instant(1),
+    }
+}
+
+fn audit(n: u64) -> AuditEntry {
+    AuditEntry {
+        // Must be ignored by the store.
+        id: 424_242,
+        at: instant(n as i64),
+        actor: format!("ops-{n}"),
+        action: "release.patch".into(),
+        target: format!("WH-1000XM5 2.{n}.0"),
+        detail: json!({ "rollout": n, "paused": n > 2, "note": "ünïcode" }),
+    }
+}
+
+async fn versions(store: &dyn StateStore, product: Option<&str>) -> Vec<(String, String, u64)> {
+    store
+        .list_releases(product)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.product, r.version, r.seq))
+        .collect()
+}
+
+#[track_caller]
+fn assert_duplicate(result: Result<(), StateError>, product: &str, version: &str) {
+    match result {
+        Err(StateError::DuplicateVersion {
+            product: p,
+            version: v,
+        }) => assert_eq!((p.as_str(), v.as_str()), (product, version)),
+        other => panic!("expected DuplicateVersion {product} {version}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_stale(result: Result<(), StateError>, product: &str, seq: u64, max: u64) {
+    match result {
+        Err(StateError::StaleSeq {
+            product: p,
+            seq: s,
+            max: m,
+        }) => assert_eq!((p.as_str(), s, m), (product, seq, max)),
+        other => panic!("expected StaleSeq {product} seq {seq} max {max}, got {other:?}"),
+    }
+}
+
+pub async fn empty_store_reads_nothing(store: Arc<dyn StateStore>) {
+    store.ping().await.unwrap();
+    assert!(!store.backend().is_empty());
+    assert_eq!(store.get_release("P", "1.0.0").await.unwrap(), None);
+    assert!(store.list_releases(None).await.unwrap().is_empty());
+    assert!(store.list_releases(Some("P")).await.unwrap().is_empty());
+    assert!(store.list_audit(None, 10).await.unwrap().is_empty());
+}
+
+pub async fn insert_then_get_and_list_round_trip(store: Arc<dyn StateStore>) {
+    let a = release("WH-1000XM5", "2.2.0", 7);
+    let mut b = release("WH-1000XM5", "2.3.0-rc.1+build.5", 8);
+    b.channel = "stable".into();
+    b.rollout_bp = 10_000;
+    b.paused = false;
+    b.yanked = true;
+    b.seed = u64::MAX;
+    b.published_by = "bob \"the builder\"".into();
+    store.insert_release(&a).await.unwrap();
+    store.insert_release(&b).await.unwrap();
+
+    assert_eq!(
+        store.get_release(&a.product, &a.version).await.unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(
+        store.get_release(&b.product, &b.version).await.unwrap(),
+        Some(b.clone())
+    );
+    assert_eq!(store.list_releases(None).await.unwrap(), vec![a.clone(), b]);
+    // Lookups are exact: no prefix or cross-product matches.
+    assert_eq!(store.get_release(&a.product, "2.2").await.unwrap(), None);
+    assert_eq!(
+        store.get_release("WH-1000XM", &a.version).await.unwrap(),
+        None
+    );
+}
+
+pub async fn duplicate_version_refused_state_unchanged(store: Arc<dyn StateStore>) {
+    let first = release("P", "1.0.0", 1);
+    store.insert_release(&first).await.unwrap();
+
+    // A higher seq makes the version the only thing wrong.
+    let mut again = release("P", "1.0.0", 2);
+    again.envelope = "{\"other\":true}".into();
+    again.rollout_bp = 0;
+    assert_duplicate(store.insert_release(&again).await, "P", "1.0.0");
+
+    assert_eq!(
+        store.get_release("P", "1.0.0").await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(store.list_releases(None).await.unwrap(), vec![first]);
+    // The refused insert left no trace of its seq either: 2 is still free.
+    store
+        .insert_release(&release("P", "1.1.0", 2))
+        .await
+        .unwrap();
+}
+
+pub async fn duplicate_version_refused_when_yanked(store: Arc<dyn StateStore>) {
+    store
+        .insert_release(&release("P", "1.0.0", 1))
+        .await
+        .unwrap();
+    let yanked = store
+        .update_release(
+            "P",
+            "1.0.0",
+            &ReleasePatch {
+                yanked: Some(true),
+                ..Default::default()
+            },
+            instant(60),
+        )
+        .await
+        .unwrap();
+    assert!(yanked.yanked);
+
+    assert_duplicate(
+        store.insert_release(&release("P", "1.0.0", 5)).await,
+        "P",
+        "1.0.0",
+    );
+    assert_eq!(store.get_release("P", "1.0.0").await.unwrap(), Some(yanked));
+    assert_eq!(
+        versions(&*store, None).await,
+        vec![("P".into(), "1.0.0".into(), 1)]
+    );
+}
+
+pub async fn stale_seq_refused_with_max(store: Arc<dyn StateStore>) {
+    store
+        .insert_release(&release("P", "1.0.0", 3))
+        .await
+        .unwrap();
+    store
+        .insert_release(&release("P", "1.1.0", 10))
+        .await
+        .unwrap();
+
+    assert_stale(
+        store.insert_release(&release("P", "2.0.0", 10)).await,
+        "P",
+        10,
+        10,
+    );
+    assert_stale(
+        store.insert_release(&release("P", "2.0.0", 4)).await,
+        "P",
+        4,
+        10,
+    );
+    assert_stale(
+        store.insert_release(&release("P", "2.0.0", 0)).await,
+        "P",
+        0,
+        10,
+    );
+    assert_eq!(store.get_release("P", "2.0.0").await.unwrap(), None);
+    assert_eq!(
+        versions(&*store, Some("P")).await,
+        vec![
+            ("P".into(), "1.0.0".into(), 3),
+            ("P".into(), "1.1.0".into(), 10)
+        ]
+    );
+
+    // Gaps are fine: only "above the max" matters.
+    store
+        .insert_release(&release("P", "2.0.0", 11))
+        .await
+        .unwrap();
+    store
+        .insert_release(&release("P", "3.0.0", 1_000))
+        .await
+        .unwrap();
+    assert_stale(
+        store.insert_release(&release("P", "3.1.0", 999)).await,
+        "P",
+        999,
+        1_000,
+    );
+}
+
+pub async fn stale_seq_counts_yanked_releases(store: Arc<dyn StateStore>) {
+    store
+        .insert_release(&release("P", "1.0.0", 1))
+        .await
+        .unwrap();
+    store
+        .insert_release(&release("P", "1.1.0", 2))
+        .await
+        .unwrap();
+    store
+        .update_release(
+            "P",
+            "1.1.0",
+            &ReleasePatch {
+                yanked: Some(true),
+                ..Default::default()
+            },
+            instant(60),
+        )
+        .await
+        .unwrap();
+
+    // Yanking the newest must not hand its seq back out (that would let an
+    // old signed release be replayed).
+    assert_stale(
+        store.insert_release(&release("P", "1.2.0", 2)).await,
+        "P",
+        2,
+        2,
+    );
+    store
+        .insert_release(&release("P", "1.2.0", 3))
+        .await
+        .unwrap();
+}
+
+pub async fn seq_is_per_product(store: Arc<dyn StateStore>) {
+    store
+        .insert_release(&release("A", "1.0.0", 5))
+        .await
+        .unwrap();
+    store
+        .insert_release(&release("B", "1.0.0", 1))
+        .await
+        .unwrap();
+    store
+        .insert_release(&release("AB", "1.0.0", 1))
+        .await
+        .unwrap();
+    // The same version string under another product is not a duplicate.
+    assert_eq!(store.list_releases(None).await.unwrap().len(), 3);
+
+    assert_stale(
+        store.insert_release(&release("B", "1.1.0", 1)).await,
+        "B",
+        1,
+        1,
+    );
+    assert_stale(
+        store.insert_release(&release("A", "1.1.0", 4)).await,
+        "A",
+        4,
+        5,
+    );
+    store
+        .insert_release(&release("B", "1.1.0", 2))
+        .await
+        .unwrap();
+    store
+        .insert_release(&release("A", "1.1.0", 6))
+        .await
+        .unwrap();
+}
+
+pub async fn update_patches_only_given_fields(store: Arc<dyn StateStore>) {
+    let original = release("P", "1.0.0", 1);
+    let other = release("P", "1.1.0", 2);
+    store.insert_release(&original).await.unwrap();
+    store.insert_release(&other).await.unwrap();
+
+    let at = instant(3_600);
+    let patched = store
+        .update_release(
+            "P",
+            "1.0.0",
+            &ReleasePatch {
+                rollout_bp: Some(7_500),
+                ..Default::default()
+            },
+            at,
+        )
+        .await
+        .unwrap();
+    let mut expected = original.clone();
+    expected.rollout_bp = 7_500;
+    expected.updated_at = at;
+    assert_eq!(patched, expected);
+    assert_eq!(
+        store.get_release("P", "1.0.0").await.unwrap(),
+        Some(expected.clone())
+    );
+
+    let at = instant(7_200);
+    let patched = store
+        .update_release(
+            "P",
+            "1.0.0",
+            &ReleasePatch {
+                paused: Some(false),
+                yanked: Some(true),
+                ..Default::default()
+            },
+            at,
+        )
+        .await
+        .unwrap();
+    expected.paused = false;
+    expected.yanked = true;
+    expected.updated_at = at;
+    assert_eq!(patched, expected);
+
+    // An empty patch still records when it was applied.
+    let at = instant(9_000);
+    let patched = store
+        .update_release("P", "1.0.0", &ReleasePatch::default(), at)
+        .await
+        .unwrap();
+    expected.updated_at = at;
+    assert_eq!(patched, expected);
+    assert_eq!(
+        store.get_release("P", "1.0.0").await.unwrap(),
+        Some(expected)
+    );
+
+    assert_eq!(store.get_release("P", "1.1.0").await.unwrap(), Some(other));
+}
+
+pub async fn update_unknown_release_not_found(store: Arc<dyn StateStore>) {
+    store
+        .insert_release(&release("P", "1.0.0", 1))
+        .await
+        .unwrap();
+    let patch = ReleasePatch {
+        paused: Some(true),
+        ..Default::default()
+    };
+    for (product, version) in [("P", "9.9.9"), ("Q", "1.0.0")] {
+        match store
+            .update_release(product, version, &patch, instant(5))
+            .await
+        {
+            Err(StateError::NotFound {
+                product: p,
+                version: v,
+            }) => assert_eq!((p.as_str(), v.as_str()), (product, version)),
+            other => panic!("expected NotFound {product} {version}, got {other:?}"),
+        }
+    }
+    assert_eq!(store.get_release("Q", "1.0.0").await.unwrap(), None);
+    assert_eq!(
+        store.list_releases(None).await.unwrap(),
+        vec![release("P", "1.0.0", 1)]
+    );
+}
+
+pub async fn list_filters_by_product_ordered_by_seq(store: Arc<dyn StateStore>) {
+    // Inserted products out of name order; versions whose string order
+    // differs from their seq order.
+    for (product, version, seq) in [
+        ("zeta", "10.0.0", 1),
+        ("alpha", "10.0.0", 3),
+        ("zeta", "9.0.0", 2),
+        ("alpha", "9.0.0", 20),
+        ("mid", "1.0.0", 1),
+        ("zeta", "2.0.0", 100),
+        ("alpha", "2.0.0", 21),
+    ] {
+        store
+            .insert_release(&release(product, version, seq))
+            .await
+            .unwrap();
+    }
+    let row = |p: &str, v: &str, s: u64| (p.to_owned(), v.to_owned(), s);
+
+    assert_eq!(
+        versions(&*store, None).await,
+        vec![
+            row("alpha", "10.0.0", 3),
+            row("alpha", "9.0.0", 20),
+            row("alpha", "2.0.0", 21),
+            row("mid", "1.0.0", 1),
+            row("zeta", "10.0.0", 1),
+            row("zeta", "9.0.0", 2),
+            row("zeta", "2.0.0", 100),
+        ]
+    );
+    assert_eq!(
+        versions(&*store, Some("zeta")).await,
+        vec![
+            row("zeta", "10.0.0", 1),
+            row("zeta", "9.0.0", 2),
+            row("zeta", "2.0.0", 100)
+        ]
+    );
+    assert_eq!(
+        versions(&*store, Some("mid")).await,
+        vec![row("mid", "1.0.0", 1)]
+    );
+    // Exact product match: not a prefix, not case-insensitive.
+    assert!(store.list_releases(Some("alp")).await.unwrap().is_empty());
+    assert!(store.list_releases(Some("ALPHA")).await.unwrap().is_empty());
+    assert!(store.list_releases(Some("nope")).await.unwrap().is_empty());
+}
+
+pub async fn audit_ids_increase_and_page_newest_first(store: Arc<dyn StateStore>) {
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(store.append_audit(&audit(n)).await.unwrap());
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids not increasing: {ids:?}"
+    );
+
+    let stored = |i: usize| AuditEntry {
+        id: ids[i],
+        ..audit(i as u64)
+    };
+    let id_list = |entries: Vec<AuditEntry>| entries.into_iter().map(|e| e.id).collect::<Vec<_>>();
+
+    assert_eq!(
+        store.list_audit(None, 100).await.unwrap(),
+        (0..5).rev().map(stored).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        id_list(store.list_audit(None, 2).await.unwrap()),
+        vec![ids[4], ids[3]]
+    );
+    assert_eq!(
+        id_list(store.list_audit(Some(ids[3]), 2).await.unwrap()),
+        vec![ids[2], ids[1]]
+    );
+    assert_eq!(
+        id_list(store.list_audit(Some(ids[1]), 100).await.unwrap()),
+        vec![ids[0]]
+    );
+    assert!(store
+        .list_audit(Some(ids[0]), 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.list_audit(None, 0).await.unwrap().is_empty());
+    // `before` above every id means "from the newest".
+    assert_eq!(
+        id_list(store.list_audit(Some(ids[4] + 1_000), 1).await.unwrap()),
+        vec![ids[4]]
+    );
+
+    // Appending after reads keeps increasing.
+    let next = store.append_audit(&audit(5)).await.unwrap();
+    assert!(next > ids[4]);
+    assert_eq!(
+        store.list_audit(None, 1).await.unwrap(),
+        vec![AuditEntry {
+            id: next,
+            ..audit(5)
+        }]
+    );
+}
+
+/// Starts `n` inserts at once, released together by a barrier.
+async fn race(
+    store: &Arc<dyn StateStore>,
+    releases: Vec<StoredRelease>,
+) -> Vec<(StoredRelease, Result<(), StateError>)> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(releases.len()));
+    let tasks: Vec<_> = releases
+        .into_iter()
+        .map(|r| {
+            let (store, barrier) = (Arc::clone(store), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let result = store.insert_release(&r).await;
+                (r, result)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+pub async fn concurrent_same_seq_has_one_winner(store: Arc<dyn StateStore>) {
+    let contenders = (0..20)
+        .map(|i| release("P", &format!("1.0.{i}"), 1))
+        .collect();
+    let results = race(&store, contenders).await;
+
+    let winners: Vec<_> = results.iter().filter(|(_, r)| r.is_ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    for (r, result) in &results {
+        if result.is_err() {
+            assert!(
+                matches!(result, Err(StateError::StaleSeq { seq: 1, max: 1, .. })),
+                "{} {result:?}",
+                r.version
+            );
+        }
+    }
+    assert_eq!(
+        store.list_releases(None).await.unwrap(),
+        vec![winners[0].0.clone()]
+    );
+}
+
+pub async fn concurrent_racing_seqs_keep_only_non_conflicting(store: Arc<dyn StateStore>) {
+    store
+        .insert_release(&release("P", "0.1.0", 1))
+        .await
+        .unwrap();
+    // 20 distinct versions, seqs 2..=11 each claimed twice, plus a replay of
+    // the already stored seq 1.
+    let mut contenders: Vec<_> = (0..20)
+        .map(|i| release("P", &format!("1.0.{i}"), 2 + i % 10))
+        .collect();
+    contenders.push(release("P", "0.2.0", 1));
+    let results = race(&store, contenders).await;
+
+    let stored = store.list_releases(Some("P")).await.unwrap();
+    let stored_seqs: Vec<u64> = stored.iter().map(|r| r.seq).collect();
+    assert!(
+        stored_seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq stored twice or out of order: {stored_seqs:?}"
+    );
+    let max = *stored_seqs.last().unwrap();
+
+    let stored_versions: BTreeSet<&str> = stored.iter().map(|r| r.version.as_str()).collect();
+    let mut won: BTreeSet<&str> = BTreeSet::from(["0.1.0"]);
+    for (r, result) in &results {
+        match result {
+            Ok(()) => {
+                won.insert(r.version.as_str());
+            }
+            Err(StateError::StaleSeq { seq, max: then, .. }) => {
+                assert!(seq == &r.seq && then >= seq, "{} {result:?}", r.version);
+                assert!(r.seq <= max);
+            }
+            Err(e) => panic!("{}: unexpected {e:?}", r.version),
+        }
+    }
+    // Exactly the accepted inserts are stored, each as sent.
+    assert_eq!(stored_versions, won);
+    for r in &stored {
+        let sent = results
+            .iter()
+            .find(|(s, _)| s.version == r.version)
+            .map(|(s, _)| s);
+        if let Some(sent) = sent {
+            assert_eq!(r, sent);
+        }
+    }
+    assert!(
+        won.len() >= 2,
+        "the first contender to commit always wins: {results:?}"
+    );
+    assert!(!won.contains("0.2.0"), "seq 1 replayed");
+}
