@@ -1,6 +1,15 @@
 //! firmcast: firmware-update and push-notification distribution.
 //!
 //! Component map (see DESIGN.md in the shared docs for the contract):
+//! - [`app`]: `Application::build(settings)` wires the backends, binds, and
+//!   `run_until_stopped(shutdown)` serves; tests run it on port 0.
+//! - [`api`]: warp filters and handlers: updates, artifacts, admin, ops.
+//! - [`catalog`]: the in-memory snapshot the update check reads, swapped
+//!   atomically; offer selection, staged rollout, freshness statements.
+//! - [`state`]: `StateStore` (releases, rollout state, audit): embedded (redb).
+//! - [`blob`]: `BlobStore` (firmware bytes by sha256): local directory.
+//! - [`config`]: layered typed settings; [`error`]: `ApiError` at the edge.
+//! - [`metrics`], [`privacy`]: counters without client data; IP prefixes.
 //! - [`cli`]: the `firmcast` commands; thin wrappers over the library.
 //! - [`files`]: atomic file writes shared by the CLI and the local stores.
 //! - [`telemetry`]: logging set-up.
@@ -8,6 +17,15 @@
 //! Signing lives in its own crate, `firmcast-signing`, which has no network
 //! code: keys, DSSE envelopes, keysets, release manifests, freshness.
 
+pub mod api;
+pub mod app;
+pub mod blob;
+pub mod catalog;
 pub mod cli;
+pub mod config;
+pub mod error;
 pub mod files;
+pub mod metrics;
+pub mod privacy;
+pub mod state;
 pub mod telemetry;

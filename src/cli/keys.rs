@@ -66,6 +66,20 @@ pub struct RoleOpts {
     expires_days: i64,
 }
 
+impl KeysCommand {
+    /// `keys init --dir DIR` with the defaults, for `serve --dev-keys`.
+    pub(crate) fn dev_init(dir: PathBuf) -> Self {
+        KeysCommand::Init {
+            dir,
+            opts: RoleOpts {
+                release_keys: 1,
+                threshold: 1,
+                expires_days: 365,
+            },
+        }
+    }
+}
+
 pub fn run(cmd: KeysCommand) -> Result<ExitCode> {
     match cmd {
         KeysCommand::Init { dir, opts } => init(&dir, &opts),

@@ -2,8 +2,12 @@
 //! returns an exit code or an error whose one-line text says what to do.
 
 mod admin;
+mod admin_releases;
+mod check;
+mod client;
 mod keys;
 mod release;
+mod serve;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -25,10 +29,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the service.
+    ///
+    /// Example: firmcast serve --config /etc/firmcast/config.toml
+    Serve(serve::ServeArgs),
     /// Create, rotate and show signing keys and keysets.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
-    /// Sign releases offline.
+    /// Sign releases offline; publish and manage them on a server.
     #[command(subcommand)]
     Release(release::ReleaseCommand),
     /// Verify a signed release and its firmware file offline.
@@ -36,14 +44,21 @@ pub enum Command {
     /// Admin tokens for the server's /v1/admin API.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Check a server for an update as an app must: verify everything, optionally download.
+    ///
+    /// Example: firmcast check --server https://updates.example.com --root root.pub.pem
+    ///   --product WH-1000XM5 --version 2.1.0 --state state.json --download downloads
+    Check(check::CheckArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Keys(cmd) => keys::run(cmd),
         Command::Release(cmd) => release::run(cmd),
         Command::Verify(args) => verify::run(args),
         Command::Admin(cmd) => admin::run(cmd),
+        Command::Check(args) => check::run(args),
     }
 }
 

@@ -1,0 +1,210 @@
+//! The HTTP API: filters (nouns) per area, handlers (verbs) beside them.
+//! Every area is `.boxed()` at its edge to keep compile times sane.
+
+mod admin;
+mod artifacts;
+mod ops;
+pub mod range;
+mod updates;
+
+use crate::blob::BlobStore;
+use crate::catalog::Catalog;
+use crate::config::{Role, Settings};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::state::StateStore;
+use bytes::Bytes;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use warp::filters::BoxedFilter;
+use warp::http::{header, HeaderValue};
+use warp::reply::Response;
+use warp::Filter;
+
+/// Everything a handler may need, shared by all connections.
+pub struct AppState {
+    pub settings: Settings,
+    pub catalog: Catalog,
+    pub state: Arc<dyn StateStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub metrics: Metrics,
+    /// (name, role, sha256 of the token) from config.
+    pub tokens: Vec<(String, Role, [u8; 32])>,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// The TCP peer, set by the accept loop on every request.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Largest JSON body any endpoint takes (a batch of 32 items or a release).
+pub const MAX_JSON_BODY: u64 = 64 * 1024;
+
+pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
+    updates::routes(state.clone())
+        .or(artifacts::routes(state.clone()))
+        .unify()
+        .or(admin::routes(state.clone()))
+        .unify()
+        .or(ops::routes(state))
+        .unify()
+        .recover(crate::error::handle_rejection)
+        .unify()
+        .boxed()
+}
+
+pub(crate) fn with_state(
+    state: Shared,
+) -> impl Filter<Extract = (Shared,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// The client address: the TCP peer, or the right-most address in
+/// X-Forwarded-For that is not a trusted proxy when the peer is one.
+pub(crate) fn client_ip(state: Shared) -> BoxedFilter<(IpAddr,)> {
+    warp::ext::optional::<PeerAddr>()
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .map(move |peer: Option<PeerAddr>, xff: Option<String>| {
+            let peer = peer
+                .map(|p| p.0.ip().to_canonical())
+                .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+            resolve_client(peer, xff.as_deref(), &state.settings.server.trusted_proxies)
+        })
+        .boxed()
+}
+
+pub fn resolve_client(peer: IpAddr, xff: Option<&str>, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let Some(xff) = xff else { return peer };
+    let mut client = peer;
+    for hop in xff.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip.to_canonical();
+                if !is_trusted(&client) {
+                    break;
+                }
+            }
+            Err(_) => break, // A forged or garbled hop: stop at the last good one.
+        }
+    }
+    client
+}
+
+/// Reads a JSON body of at most `limit` bytes with a `application/json`
+/// content type, naming the problem when there is one.
+pub(crate) fn json_body(limit: u64) -> BoxedFilter<(Result<Bytes, ApiError>,)> {
+    warp::header::optional::<String>("content-type")
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .then(
+            move |ct: Option<String>, len: Option<u64>, body| async move {
+                let is_json = ct
+                    .as_deref()
+                    .map(|c| {
+                        c.split(';')
+                            .next()
+                            .unwrap_or("")
+                            .trim()
+                            .eq_ignore_ascii_case("application/json")
+                    })
+                    .unwrap_or(false);
+                if !is_json {
+                    return Err(ApiError::new(
+                        warp::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported_media_type",
+                        "send the body as JSON with Content-Type: application/json",
+                    ));
+                }
+                if len.is_some_and(|l| l > limit) {
+                    return Err(too_large(limit));
+                }
+                read_limited(body, limit).await
+            },
+        )
+        .boxed()
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        warp::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("the body exceeds {limit} bytes; send less"),
+    )
+}
+
+async fn read_limited(
+    body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let mut body = std::pin::pin!(body);
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            ApiError::bad_request("bad_body", format!("the body could not be read: {e}"))
+        })?;
+        if out.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(too_large(limit));
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            out.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// Parses JSON into `T`, with serde's own description of what is wrong.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("the JSON body is invalid: {e}")))
+}
+
+pub(crate) fn json_response(status: warp::http::StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = Response::new(body.into());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Turns a handler's result into a response; errors become JSON.
+pub(crate) fn respond(r: Result<Response, ApiError>) -> Response {
+    r.unwrap_or_else(ApiError::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_only_from_trusted_peers() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.1.1.1".parse().unwrap();
+        let outsider: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(
+            resolve_client(outsider, Some("1.2.3.4"), &trusted),
+            outsider
+        );
+        assert_eq!(
+            resolve_client(peer, Some("1.2.3.4"), &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        // A client-supplied left-most hop is ignored: the proxy appended the real one.
+        assert_eq!(
+            resolve_client(peer, Some("6.6.6.6, 1.2.3.4, 10.2.2.2"), &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(resolve_client(peer, Some("garbage"), &trusted), peer);
+        assert_eq!(resolve_client(peer, None, &trusted), peer);
+    }
+}

@@ -1,0 +1,223 @@
+//! The update check, the hot path: answered from the catalog snapshot with
+//! pre-serialized offers and freshness statements; nothing is stored.
+
+use super::{
+    client_ip, json_body, json_response, parse_json, respond, with_state, Shared, MAX_JSON_BODY,
+};
+use crate::catalog::Snapshot;
+use crate::error::ApiError;
+use bytes::Bytes;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use warp::filters::BoxedFilter;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::Filter;
+
+pub const MAX_BATCH: usize = 32;
+
+pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
+    let single = warp::path!("v1" / "updates" / String / String)
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::header::optional::<String>("if-none-match"))
+        .and(client_ip(state.clone()))
+        .and(with_state(state.clone()))
+        .map(check_update);
+    let batch = warp::path!("v1" / "updates")
+        .and(warp::post())
+        .and(json_body(MAX_JSON_BODY))
+        .and(client_ip(state.clone()))
+        .and(with_state(state.clone()))
+        .map(check_batch);
+    let keys = warp::path!("v1" / "keys")
+        .and(warp::get())
+        .and(with_state(state))
+        .map(|state: Shared| {
+            let mut resp = json_response(StatusCode::OK, state.catalog.load().keyset_json.to_vec());
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            resp
+        });
+    single.or(batch).unify().or(keys).unify().boxed()
+}
+
+/// What one check resolved to, before it is written out.
+struct Answer<'a> {
+    offer: Option<&'a Bytes>,
+    seq: u64,
+    freshness: &'a Bytes,
+}
+
+fn resolve<'a>(
+    snap: &'a Snapshot,
+    product: &str,
+    version: &str,
+    channel: &str,
+    ip: IpAddr,
+) -> Result<Answer<'a>, ApiError> {
+    firmcast_signing::names::validate_product(product)
+        .map_err(|e| ApiError::bad_request("bad_product", e.to_string()))?;
+    let installed = firmcast_signing::names::parse_version(version)
+        .map_err(|e| ApiError::bad_request("bad_version", e.to_string()))?;
+    firmcast_signing::names::validate_channel(channel)
+        .map_err(|e| ApiError::bad_request("bad_channel", e.to_string()))?;
+    let p = snap.product(product).ok_or_else(|| {
+        ApiError::not_found(
+            "unknown_product",
+            format!("no releases for product {product:?}; check the product name"),
+        )
+    })?;
+    let freshness = p.freshness(channel).ok_or_else(|| {
+        ApiError::not_found(
+            "unknown_channel",
+            format!("no channel {channel:?}; use stable, beta or a channel a release names"),
+        )
+    })?;
+    let offer = p.offer(&installed, channel, ip);
+    Ok(Answer {
+        offer: offer.map(|r| &r.offer_json),
+        seq: offer.map(|r| r.manifest.seq).unwrap_or(0),
+        freshness,
+    })
+}
+
+fn write_answer(out: &mut Vec<u8>, a: &Answer<'_>) {
+    out.extend_from_slice(b"\"update\":");
+    match a.offer {
+        Some(o) => out.extend_from_slice(o),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"freshness\":");
+    out.extend_from_slice(a.freshness);
+}
+
+fn check_update(
+    product: String,
+    version: String,
+    query: HashMap<String, String>,
+    if_none_match: Option<String>,
+    ip: IpAddr,
+    state: Shared,
+) -> Response {
+    let channel = query.get("channel").map(String::as_str).unwrap_or("stable");
+    let snap = state.catalog.load();
+    let answer = match resolve(&snap, &product, &version, channel, ip) {
+        Ok(a) => a,
+        Err(e) => {
+            state.metrics.check("error");
+            return e.into_response();
+        }
+    };
+    state.metrics.check(if answer.offer.is_some() {
+        "update"
+    } else {
+        "none"
+    });
+    // Varies with the snapshot (re-signed freshness) and the offered release.
+    let etag = format!("\"{:x}-{:x}\"", snap.generation, answer.seq);
+    if if_none_match.as_deref() == Some(etag.as_str()) {
+        let mut resp = Response::new(Vec::new().into());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        set_cache_headers(&mut resp, &etag);
+        return resp;
+    }
+    let mut body =
+        Vec::with_capacity(answer.freshness.len() + answer.offer.map_or(4, |o| o.len()) + 32);
+    body.push(b'{');
+    write_answer(&mut body, &answer);
+    body.push(b'}');
+    let mut resp = json_response(StatusCode::OK, body);
+    set_cache_headers(&mut resp, &etag);
+    resp
+}
+
+/// Rollout answers differ per client address, so only the client may cache.
+fn set_cache_headers(resp: &mut Response, etag: &str) {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=60"),
+    );
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    items: Vec<BatchItem>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItem {
+    product: String,
+    version: String,
+    #[serde(default)]
+    channel: Option<String>,
+}
+
+fn check_batch(body: Result<Bytes, ApiError>, ip: IpAddr, state: Shared) -> Response {
+    respond(body.and_then(|body| {
+        let req: BatchRequest = parse_json(&body)?;
+        if req.items.is_empty() || req.items.len() > MAX_BATCH {
+            return Err(ApiError::bad_request(
+                "bad_batch",
+                format!(
+                    "{} items; send 1 to {MAX_BATCH} (the app and its paired devices)",
+                    req.items.len()
+                ),
+            ));
+        }
+        let snap = state.catalog.load();
+        let mut out = Vec::with_capacity(1024 * req.items.len());
+        out.extend_from_slice(b"{\"results\":[");
+        for (i, item) in req.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let channel = item.channel.as_deref().unwrap_or("stable");
+            out.push(b'{');
+            for (k, v) in [("product", &item.product), ("version", &item.version)] {
+                out.extend_from_slice(format!("{}:{},", json_str(k), json_str(v)).as_bytes());
+            }
+            match resolve(&snap, &item.product, &item.version, channel, ip) {
+                Ok(a) => {
+                    state
+                        .metrics
+                        .check(if a.offer.is_some() { "update" } else { "none" });
+                    out.extend_from_slice(format!("\"channel\":{},", json_str(channel)).as_bytes());
+                    write_answer(&mut out, &a);
+                }
+                Err(e) => {
+                    state.metrics.check("error");
+                    out.extend_from_slice(
+                        format!(
+                            "\"error\":{},\"message\":{}",
+                            json_str(e.code),
+                            json_str(&e.message)
+                        )
+                        .as_bytes(),
+                    );
+                }
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        let mut resp = json_response(StatusCode::OK, out);
+        resp.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-cache"),
+        );
+        Ok(resp)
+    }))
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).expect("strings always serialize")
+}

@@ -1,0 +1,57 @@
+//! The blob store: firmware bytes, content-addressed by sha256 and immutable.
+//!
+//! Keys are derived from the sha256 alone, never from a product or version
+//! name, so no request path can reach outside the store.
+
+pub mod local;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use std::ops::Range;
+use std::pin::Pin;
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BlobInfo {
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("no artifact with sha256 {0}")]
+    NotFound(String),
+    #[error("the upload exceeds the limit of {limit} bytes; raise server.max_artifact_bytes if this firmware is genuine")]
+    TooLarge { limit: u64 },
+    #[error("the upload is empty")]
+    Empty,
+    #[error("the upload was interrupted: {0}")]
+    Body(String),
+    #[error("the blob store ({backend}) is unavailable: {reason}")]
+    Unavailable {
+        backend: &'static str,
+        reason: String,
+    },
+    #[error("the blob store is full or failed to write: {0}")]
+    Io(String),
+}
+
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    fn backend(&self) -> &'static str;
+
+    async fn ping(&self) -> Result<(), BlobError>;
+
+    /// Streams `body` in with at most `max` bytes, computing sha256 on the
+    /// way; the blob becomes visible only once complete and durable. An
+    /// existing blob with the same hash is left as it is.
+    async fn put(&self, body: ByteStream, max: u64) -> Result<BlobInfo, BlobError>;
+
+    /// The size of a stored blob, or None.
+    async fn stat(&self, sha256: &str) -> Result<Option<u64>, BlobError>;
+
+    /// Streams `range` of the blob (already clamped to its size by the caller).
+    async fn get(&self, sha256: &str, range: Range<u64>) -> Result<ByteStream, BlobError>;
+}

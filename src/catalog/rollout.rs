@@ -1,0 +1,69 @@
+//! Staged rollout: a release at p% is offered to a client when
+//! `siphash(release seed, client network) mod 10000 < p * 100`. Stateless and
+//! deterministic per address and release; each release samples its own set.
+
+use siphasher::sip::SipHasher13;
+use std::hash::Hasher;
+use std::net::IpAddr;
+
+/// The bytes that identify a client for bucketing and rate limiting: an IPv4
+/// address, or an IPv6 /64 (one subscriber's network; the low 64 bits rotate).
+pub fn client_key(ip: IpAddr) -> ([u8; 8], usize) {
+    let mut out = [0u8; 8];
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, 4)
+        }
+        IpAddr::V6(v6) => {
+            out.copy_from_slice(&v6.octets()[..8]);
+            (out, 8)
+        }
+    }
+}
+
+/// 0..10000, fixed for (seed, client network).
+pub fn bucket(seed: u64, ip: IpAddr) -> u16 {
+    let (key, len) = client_key(ip);
+    let mut h = SipHasher13::new_with_keys(seed, seed.rotate_left(32) ^ 0x6669_726d_6361_7374);
+    h.write(&key[..len]);
+    (h.finish() % 10_000) as u16
+}
+
+pub fn in_rollout(seed: u64, rollout_bp: u16, ip: IpAddr) -> bool {
+    rollout_bp >= 10_000 || bucket(seed, ip) < rollout_bp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_proportional() {
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(bucket(42, ip), bucket(42, ip));
+        let n = 20_000u32;
+        let hits = (0..n)
+            .filter(|i| {
+                let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+                in_rollout(7, 2_500, ip)
+            })
+            .count() as f64;
+        let share = hits / n as f64;
+        assert!((0.23..0.27).contains(&share), "25% rollout hit {share}");
+        assert!(!in_rollout(7, 0, ip));
+        assert!(in_rollout(7, 10_000, ip));
+    }
+
+    #[test]
+    fn ipv6_by_slash_64_and_mapped_v4_as_v4() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(bucket(1, mapped), bucket(1, v4));
+    }
+}

@@ -1,0 +1,221 @@
+//! Typed settings, layered: embedded `config/default.toml`, then the file
+//! from `--config` / `FIRMCAST_CONFIG`, then `FIRMCAST__SECTION__KEY` env.
+
+use anyhow::{bail, Result};
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub signing: SigningSettings,
+    pub state: StateSettings,
+    pub blob: BlobSettings,
+    pub push: PushSettings,
+    pub admin: AdminSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Base of artifact URLs in offers, e.g. `https://updates.example.com`.
+    pub public_url: String,
+    /// Only peers in these networks may set the client IP via X-Forwarded-For.
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_artifact_bytes: u64,
+    pub header_read_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct SigningSettings {
+    pub keyset: PathBuf,
+    pub root_public_key: PathBuf,
+    pub timestamp_key: PathBuf,
+    pub freshness_ttl_hours: u64,
+    pub resign_interval_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    Embedded,
+    Redis,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct StateSettings {
+    pub backend: StateBackend,
+    pub redis_url: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobBackend {
+    Local,
+    S3,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    Stream,
+    Redirect,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct BlobSettings {
+    pub backend: BlobBackend,
+    pub delivery: Delivery,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct PushSettings {
+    pub retention_days: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct AdminSettings {
+    pub tokens: Vec<TokenSettings>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Publisher,
+    Admin,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct TokenSettings {
+    pub name: String,
+    pub role: Role,
+    /// sha256 hex of the token; the token itself is never configured.
+    pub sha256: String,
+}
+
+impl Settings {
+    /// Defaults, then `file` (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            if !file.exists() {
+                bail!("config file {} does not exist", file.display());
+            }
+            fig = fig.merge(Toml::file(file));
+        }
+        fig = fig.merge(Env::prefixed("FIRMCAST__").split("__"));
+        let settings: Settings = fig.extract().map_err(|e| {
+            anyhow::anyhow!(
+                "invalid configuration: {}",
+                e.into_iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<()> {
+        for t in &self.admin.tokens {
+            if !firmcast_signing::digest::is_sha256_hex(&t.sha256) {
+                bail!(
+                    "admin token {:?}: sha256 must be 64 lowercase hex digits (make one with `firmcast admin token`)",
+                    t.name
+                );
+            }
+        }
+        if !self.server.public_url.is_empty() {
+            let u = &self.server.public_url;
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.ends_with('/') {
+                bail!("server.public_url {u:?} must start with http:// or https:// and have no trailing slash");
+            }
+        }
+        if self.signing.freshness_ttl_hours == 0 || self.signing.resign_interval_secs == 0 {
+            bail!("signing.freshness_ttl_hours and signing.resign_interval_secs must be above 0");
+        }
+        if self.signing.resign_interval_secs >= self.signing.freshness_ttl_hours * 3600 {
+            bail!("signing.resign_interval_secs must be shorter than the freshness TTL, or statements expire between re-signs");
+        }
+        Ok(())
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.server.data_dir.join("state.redb")
+    }
+
+    pub fn blob_dir(&self) -> PathBuf {
+        self.server.data_dir.join("blobs")
+    }
+}
+
+/// Reads a config file path from `--config` or `FIRMCAST_CONFIG`.
+pub fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("FIRMCAST_CONFIG").map(PathBuf::from))
+}
+
+pub(crate) fn read_context(path: &Path, what: &str) -> String {
+    format!("cannot read the {what} at {}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_files_layer() {
+        let s = Settings::load(None).unwrap();
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.state.backend, StateBackend::Embedded);
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n[[admin.tokens]]\nname = \"bot\"\nrole = \"publisher\"\nsha256 = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&f)).unwrap();
+        assert_eq!(s.server.listen.port(), 0);
+        assert_eq!(s.server.trusted_proxies.len(), 1);
+        assert_eq!(s.admin.tokens[0].role, Role::Publisher);
+        assert_eq!(
+            s.server.data_dir,
+            PathBuf::from("./data"),
+            "untouched keys keep defaults"
+        );
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+        let s = Settings::load(Some(&example)).unwrap();
+        assert_eq!(s.server.public_url, "https://updates.example.com");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[state]\nbackend = \"mongo\"\n").unwrap();
+        let err = Settings::load(Some(&f)).unwrap_err().to_string();
+        assert!(err.contains("mongo") || err.contains("backend"), "{err}");
+        std::fs::write(
+            &f,
+            "[[admin.tokens]]\nname = \"x\"\nrole = \"admin\"\nsha256 = \"plaintext\"\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&f)).unwrap_err().to_string();
+        assert!(err.contains("firmcast admin token"), "{err}");
+        assert!(Settings::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+}

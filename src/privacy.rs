@@ -1,0 +1,36 @@
+//! The privacy promise in code: the only form of a client address that may
+//! leave memory (logs, metrics) is its /24 (IPv4) or /48 (IPv6) prefix.
+
+use std::net::IpAddr;
+
+pub fn ip_prefix(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prefixes_drop_the_host() {
+        assert_eq!(
+            super::ip_prefix("203.0.113.77".parse().unwrap()),
+            "203.0.113.0/24"
+        );
+        assert_eq!(
+            super::ip_prefix("2001:db8:aa:bb::1".parse().unwrap()),
+            "2001:db8:aa::/48"
+        );
+        assert_eq!(
+            super::ip_prefix("::ffff:10.1.2.3".parse().unwrap()),
+            "10.1.2.0/24"
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! The real `firmcast serve` binary in a temp directory, on port 0, with
+//! fresh keys (from `firmcast keys init`) and an admin token.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestServer {
+    pub url: String,
+    /// An admin-role token.
+    pub token: String,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `firmcast admin token` output into (token, config entry).
+pub fn make_token(dir: &std::path::Path, name: &str, role: &str) -> (String, String) {
+    let out = super::cli::firmcast(dir, &["admin", "token", "--name", name, "--role", role]).ok();
+    let token = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("admin token prints the token")
+        .to_owned();
+    let entry = out
+        .stdout
+        .split_once("[[admin.tokens]]")
+        .expect("and the config entry")
+        .1
+        .to_owned();
+    (token, format!("[[admin.tokens]]{entry}"))
+}
+
+pub fn spawn_server() -> TestServer {
+    spawn_server_with("")
+}
+
+/// `extra` is appended to the config file.
+pub fn spawn_server_with(extra: &str) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    super::cli::firmcast(dir.path(), &["keys", "init", "--dir", "keys"]).ok();
+    let (token, entry) = make_token(dir.path(), "test-admin", "admin");
+    let config =
+        format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n{entry}\n{extra}\n");
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_firmcast"))
+        .current_dir(dir.path())
+        .args(["serve", "--config", "config.toml"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("firmcast serve starts");
+    let mut server = TestServer {
+        url: String::new(),
+        token,
+        dir,
+        child,
+    };
+    let stdout = server.child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("firmcast listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    server.url = rx
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .expect("firmcast serve prints its address within 30 s");
+    server
+}
