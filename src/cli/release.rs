@@ -1,5 +1,7 @@
-//! `firmcast release sign`: offline signing of a release manifest.
+//! `firmcast release sign`: offline signing of a release manifest; the other
+//! `release` subcommands talk to the server (see `admin_releases`).
 
+use super::admin_releases;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use firmcast_signing::release::{ArtifactRef, ReleaseManifest, RELEASE_TYPE};
@@ -17,6 +19,33 @@ pub enum ReleaseCommand {
     ///
     /// Second signer: firmcast release sign --key keys/release-2.pem --file fw.bin --add-to release.json
     Sign(SignArgs),
+    /// Upload a firmware file and publish its signed release.
+    ///
+    /// The file is checked against the signed manifest before anything is sent.
+    ///
+    /// Example: FIRMCAST_TOKEN=fct_... firmcast release publish --server https://updates.example.com
+    ///   --release release.json --file fw.bin --rollout 5
+    Publish(admin_releases::PublishArgs),
+    /// List releases with their rollout state.
+    ///
+    /// Example: firmcast release list --server https://updates.example.com --product WH-1000XM5
+    List(admin_releases::ListArgs),
+    /// Change the share of clients a release is offered to.
+    ///
+    /// Example: firmcast release rollout WH-1000XM5 2.2.0 25 --server https://updates.example.com
+    Rollout(admin_releases::RolloutArgs),
+    /// Stop offering a release until it is resumed.
+    ///
+    /// Example: firmcast release pause WH-1000XM5 2.2.0 --server https://updates.example.com
+    Pause(admin_releases::TargetArgs),
+    /// Offer a paused release again, at its rollout percentage.
+    ///
+    /// Example: firmcast release resume WH-1000XM5 2.2.0 --server https://updates.example.com
+    Resume(admin_releases::TargetArgs),
+    /// Withdraw a release for good; clients are offered the next best one.
+    ///
+    /// Example: firmcast release yank WH-1000XM5 2.2.0 --server https://updates.example.com
+    Yank(admin_releases::TargetArgs),
 }
 
 #[derive(Args, Debug)]
@@ -56,6 +85,12 @@ pub struct SignArgs {
 pub fn run(cmd: ReleaseCommand) -> Result<ExitCode> {
     match cmd {
         ReleaseCommand::Sign(args) => sign(args),
+        ReleaseCommand::Publish(args) => admin_releases::publish(args),
+        ReleaseCommand::List(args) => admin_releases::list(args),
+        ReleaseCommand::Rollout(args) => admin_releases::rollout(args),
+        ReleaseCommand::Pause(args) => admin_releases::pause(args),
+        ReleaseCommand::Resume(args) => admin_releases::resume(args),
+        ReleaseCommand::Yank(args) => admin_releases::yank(args),
     }
 }
 
