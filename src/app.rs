@@ -5,9 +5,9 @@
 use crate::api::{self, AppState, PeerAddr, Shared};
 use crate::blob::{local::LocalBlobStore, BlobStore};
 use crate::catalog::{Catalog, Signer};
-use crate::config::{BlobBackend, Settings, StateBackend};
+use crate::config::{BlobBackend, Settings};
 use crate::metrics::Metrics;
-use crate::state::{embedded::EmbeddedStateStore, StateStore};
+use crate::state::StateStore;
 use anyhow::{bail, Context, Result};
 use firmcast_signing::{Envelope, PrivateKey, PublicKey, Role, VerifiedKeyset};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,31 +28,35 @@ impl Application {
         let signer = load_signer(&settings)?;
         tracing::info!(keyset_version = signer.keyset.version(), "keys loaded");
 
-        let state: Arc<dyn StateStore> = match settings.state.backend {
-            StateBackend::Embedded => {
-                let path = settings.state_path();
-                tracing::warn!(path = %path.display(), "state: embedded store (single instance; use redis to run several)");
-                Arc::new(EmbeddedStateStore::open(&path).with_context(|| {
-                    format!("cannot open the state store at {}", path.display())
-                })?)
-            }
-            StateBackend::Redis => bail!(
-                "state.backend = \"redis\" is not available in this build yet; use \"embedded\""
-            ),
-        };
-        let blobs: Arc<dyn BlobStore> =
-            match settings.blob.backend {
-                BlobBackend::Local => {
-                    let dir = settings.blob_dir();
-                    tracing::info!(dir = %dir.display(), "blobs: local directory");
-                    Arc::new(LocalBlobStore::open(&dir).with_context(|| {
+        let state: Arc<dyn StateStore> = crate::state::open_state(&settings).await?;
+        let blobs: Arc<dyn BlobStore> = match settings.blob.backend {
+            BlobBackend::Local => {
+                let dir = settings.blob_dir();
+                tracing::info!(dir = %dir.display(), "blobs: local directory");
+                Arc::new(
+                    LocalBlobStore::open(&dir).with_context(|| {
                         format!("cannot open the blob directory {}", dir.display())
-                    })?)
-                }
-                BlobBackend::S3 => {
-                    bail!("blob.backend = \"s3\" is not available in this build yet; use \"local\"")
-                }
-            };
+                    })?,
+                )
+            }
+            BlobBackend::S3 => {
+                let s3 = &settings.blob.s3;
+                tracing::info!(bucket = %s3.bucket, endpoint = %s3.endpoint, prefix = %s3.prefix, "blobs: s3");
+                Arc::new(
+                    crate::blob::s3::S3BlobStore::from_settings(s3)
+                        .context("cannot set up the S3 blob store ([blob.s3])")?,
+                )
+            }
+        };
+
+        let push: Arc<dyn crate::fanout::PushStore> = Arc::new(
+            crate::fanout::embedded::EmbeddedPushStore::open(
+                &settings.server.data_dir.join("push.redb"),
+            )
+            .context("cannot open the push store")?,
+        );
+
+        let fanout = Arc::new(build_fanout(&settings, push.clone())?);
 
         let catalog = Catalog::new(signer, settings.server.public_url.clone());
         let releases = state
@@ -86,9 +90,11 @@ impl Application {
             })?;
         let state = Arc::new(AppState {
             settings,
-            catalog,
+            catalog: Arc::new(catalog),
             state,
             blobs,
+            push,
+            fanout,
             metrics: Metrics::default(),
             tokens,
         });
@@ -110,7 +116,17 @@ impl Application {
     /// for up to `server.shutdown_grace_secs`.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let state = self.state;
-        let resign = tokio::spawn(resign_timer(state.clone()));
+        let background = [
+            tokio::spawn(resign_timer(state.clone())),
+            tokio::spawn(
+                state
+                    .fanout
+                    .clone()
+                    .run(state.catalog.clone(), state.settings.push.workers),
+            ),
+            tokio::spawn(sweep_idle_tokens(state.clone())),
+            tokio::spawn(catalog_sync(state.clone())),
+        ];
         let service = warp::service(api::routes(state.clone()));
 
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -170,7 +186,9 @@ impl Application {
             });
         }
         drop(self.listener);
-        resign.abort();
+        for task in background {
+            task.abort();
+        }
         let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
         if tokio::time::timeout(grace, graceful.shutdown())
             .await
@@ -213,6 +231,93 @@ async fn resign_timer(state: Shared) {
         state.catalog.resign();
         tracing::debug!("freshness statements re-signed");
     }
+}
+
+/// Keeps this instance's snapshot in step with changes made by others:
+/// pub/sub for speed, plus a poll of the version counter that catches a
+/// missed message (or a Redis restart) within half a second.
+async fn catalog_sync(state: Shared) {
+    let Some(mut changes) = state.state.watch_catalog().await else {
+        return; // Single-instance backend: local changes refresh directly.
+    };
+    let mut known = state.state.catalog_version().await.unwrap_or(0);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let seen = tokio::select! {
+            v = changes.recv() => match v {
+                Some(v) => Some(v),
+                None => return,
+            },
+            _ = tick.tick() => state.state.catalog_version().await.ok(),
+        };
+        let Some(seen) = seen else { continue };
+        if seen == known {
+            continue;
+        }
+        match state.state.list_releases(None).await {
+            Ok(all) => {
+                state.catalog.replace(all);
+                known = seen;
+                tracing::debug!(version = seen, "catalog refreshed from the shared store");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot refresh the catalog; serving the last snapshot")
+            }
+        }
+    }
+}
+
+/// Deletes push tokens idle longer than `push.retention_days`, hourly.
+async fn sweep_idle_tokens(state: Shared) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let cutoff =
+            chrono::Utc::now() - chrono::Duration::days(state.settings.push.retention_days as i64);
+        match state.push.sweep_idle(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "idle push tokens deleted"),
+            Err(e) => tracing::warn!(error = %e, "idle token sweep failed; next hour again"),
+        }
+    }
+}
+
+fn build_fanout(
+    settings: &Settings,
+    store: Arc<dyn crate::fanout::PushStore>,
+) -> Result<crate::fanout::worker::Fanout> {
+    use crate::fanout::worker::{Fanout, ProviderSlot};
+    use crate::fanout::ProviderKind;
+    let p = &settings.push;
+    let mut providers = std::collections::HashMap::new();
+    let slot = |provider: Arc<dyn crate::push::Provider>| ProviderSlot {
+        provider,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(p.in_flight.max(1))),
+    };
+    if p.apns.enabled {
+        let apns =
+            crate::push::apns::ApnsProvider::from_settings(&p.apns).context("[push.apns]")?;
+        providers.insert(ProviderKind::Apns, slot(Arc::new(apns)));
+        tracing::info!(base_url = %p.apns.base_url, "push: APNs enabled");
+    }
+    if p.fcm.enabled {
+        let fcm = crate::push::fcm::FcmProvider::from_settings(&p.fcm).context("[push.fcm]")?;
+        providers.insert(ProviderKind::Fcm, slot(Arc::new(fcm)));
+        tracing::info!(base_url = %p.fcm.base_url, "push: FCM enabled");
+    }
+    Ok(Fanout {
+        store,
+        providers,
+        policy: crate::push::RetryPolicy::default(),
+        ttl: Duration::from_secs(p.ttl_secs),
+        metrics: Default::default(),
+        consumer: format!(
+            "{}-{}",
+            std::process::id(),
+            hex::encode(rand::random::<[u8; 4]>())
+        ),
+    })
 }
 
 /// Loads the keyset (verified against the pinned root, as clients will) and

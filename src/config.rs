@@ -54,6 +54,11 @@ pub enum StateBackend {
 pub struct StateSettings {
     pub backend: StateBackend,
     pub redis_url: String,
+    /// Prefix of every Redis key, so several deployments (or test runs) can
+    /// share one Redis.
+    pub redis_prefix: String,
+    /// Deadline for one Redis operation; past it the request gets a 503.
+    pub redis_timeout_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -74,11 +79,42 @@ pub enum Delivery {
 pub struct BlobSettings {
     pub backend: BlobBackend,
     pub delivery: Delivery,
+    pub s3: S3Settings,
+}
+
+/// S3 or an S3-compatible server. Credentials come from the standard AWS
+/// chain (env, profile, instance role), never from this file.
+#[derive(Clone, Debug, Deserialize)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Empty = AWS; set for S3-compatible servers (MinIO, s3s-fs, ...).
+    pub endpoint: String,
+    pub region: String,
+    pub force_path_style: bool,
+    /// Key prefix inside the bucket, e.g. `firmcast/`.
+    pub prefix: String,
+    /// Lifetime of presigned download URLs (delivery = "redirect").
+    pub presign_expiry_secs: u64,
+    /// Deadline for one S3 request before it becomes a 503.
+    pub timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct PushSettings {
+    /// Tokens not seen for this long are deleted by the sweeper.
     pub retention_days: u64,
+    /// Fan-out workers per instance (each sends a batch at a time).
+    pub workers: usize,
+    /// Concurrent sends per provider per instance.
+    pub in_flight: usize,
+    /// How long a notice stays deliverable.
+    pub ttl_secs: u64,
+    /// Start a notification job by itself when a release is published at 100%.
+    pub auto_notify: bool,
+    #[serde(default)]
+    pub apns: crate::push::ApnsSettings,
+    #[serde(default)]
+    pub fcm: crate::push::FcmSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -139,6 +175,12 @@ impl Settings {
             if !(u.starts_with("http://") || u.starts_with("https://")) || u.ends_with('/') {
                 bail!("server.public_url {u:?} must start with http:// or https:// and have no trailing slash");
             }
+        }
+        if self.blob.delivery == Delivery::Redirect && self.blob.backend != BlobBackend::S3 {
+            bail!("blob.delivery = \"redirect\" needs blob.backend = \"s3\" (presigned URLs); use \"stream\" with the local store");
+        }
+        if self.blob.backend == BlobBackend::S3 && self.blob.s3.bucket.is_empty() {
+            bail!("blob.backend = \"s3\" needs [blob.s3] bucket");
         }
         if self.signing.freshness_ttl_hours == 0 || self.signing.resign_interval_secs == 0 {
             bail!("signing.freshness_ttl_hours and signing.resign_interval_secs must be above 0");

@@ -85,7 +85,7 @@ fn respond(r: Result<Response, ApiError>) -> Response {
 
 /// Hashes the presented token and compares it with every configured hash in
 /// constant time, so neither timing nor logs reveal a token.
-fn authenticate(state: &Shared, header: Option<&str>) -> Result<Actor, ApiError> {
+pub(super) fn authenticate(state: &Shared, header: Option<&str>) -> Result<Actor, ApiError> {
     let token = header
         .and_then(|h| {
             h.strip_prefix("Bearer ")
@@ -119,7 +119,7 @@ fn authenticate(state: &Shared, header: Option<&str>) -> Result<Actor, ApiError>
     })
 }
 
-fn require(actor: Result<Actor, ApiError>, role: Role) -> Result<Actor, ApiError> {
+pub(super) fn require(actor: Result<Actor, ApiError>, role: Role) -> Result<Actor, ApiError> {
     let actor = actor?;
     if actor.role < role {
         return Err(ApiError::new(
@@ -134,14 +134,14 @@ fn require(actor: Result<Actor, ApiError>, role: Role) -> Result<Actor, ApiError
     Ok(actor)
 }
 
-fn check_names(product: &str, version: &str) -> Result<semver::Version, ApiError> {
+pub(super) fn check_names(product: &str, version: &str) -> Result<semver::Version, ApiError> {
     firmcast_signing::names::validate_product(product)
         .map_err(|e| ApiError::bad_request("bad_product", e.to_string()))?;
     firmcast_signing::names::parse_version(version)
         .map_err(|e| ApiError::bad_request("bad_version", e.to_string()))
 }
 
-async fn audit(
+pub(super) async fn audit(
     state: &Shared,
     actor: &Actor,
     action: &str,
@@ -345,6 +345,26 @@ async fn publish_inner(actor: &Actor, body: Bytes, state: &Shared) -> Result<Res
     )
     .await?;
     refresh_catalog(state).await?;
+    if state.settings.push.auto_notify && bp == 10_000 && !req.paused {
+        // The release is live for everyone: tell its subscribers. A failure
+        // here does not undo the publish; `release notify` can start it later.
+        match crate::fanout::jobs::start(
+            &state.push,
+            &stored.product,
+            &stored.version,
+            false,
+            &actor.name,
+        )
+        .await
+        {
+            Ok(job) => {
+                tracing::info!(job = %job.id, total = job.counters.total, "auto-notify started")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "auto-notify could not start; run `firmcast release notify`")
+            }
+        }
+    }
     Ok(json_response(
         StatusCode::CREATED,
         serde_json::to_vec(&view(&stored)?).expect("serializes"),

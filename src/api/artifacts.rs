@@ -59,6 +59,20 @@ async fn download(
             release.manifest.artifact.size,
         )
     };
+    if state.settings.blob.delivery == crate::config::Delivery::Redirect {
+        let expiry = std::time::Duration::from_secs(state.settings.blob.s3.presign_expiry_secs);
+        if let Some(url) = state.blobs.presigned_url(&sha256, expiry).await? {
+            let mut resp = Response::new(bytes::Bytes::new().into());
+            *resp.status_mut() = StatusCode::FOUND;
+            let h = resp.headers_mut();
+            let location = HeaderValue::from_str(&url)
+                .map_err(|_| ApiError::internal("the presigned URL is not a valid header"))?;
+            h.insert(header::LOCATION, location);
+            // The URL expires: caches must not keep the redirect.
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return Ok(resp);
+        }
+    }
     let etag = format!("\"{sha256}\"");
     // A resumed download must be of the same bytes; otherwise send it all.
     let range_header = match if_range {

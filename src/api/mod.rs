@@ -3,7 +3,9 @@
 
 mod admin;
 mod artifacts;
+mod jobs;
 mod ops;
+mod push;
 pub mod range;
 mod updates;
 
@@ -24,9 +26,11 @@ use warp::Filter;
 /// Everything a handler may need, shared by all connections.
 pub struct AppState {
     pub settings: Settings,
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     pub state: Arc<dyn StateStore>,
     pub blobs: Arc<dyn BlobStore>,
+    pub push: Arc<dyn crate::fanout::PushStore>,
+    pub fanout: Arc<crate::fanout::worker::Fanout>,
     pub metrics: Metrics,
     /// (name, role, sha256 of the token) from config.
     pub tokens: Vec<(String, Role, [u8; 32])>,
@@ -46,6 +50,10 @@ pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
         .or(artifacts::routes(state.clone()))
         .unify()
         .or(admin::routes(state.clone()))
+        .unify()
+        .or(push::routes(state.clone()))
+        .unify()
+        .or(jobs::routes(state.clone()))
         .unify()
         .or(ops::routes(state))
         .unify()

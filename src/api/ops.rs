@@ -23,12 +23,9 @@ pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .map(|state: Shared| {
             let snap = state.catalog.load();
-            let mut resp = Response::new(
-                state
-                    .metrics
-                    .render(snap.release_count(), snap.generation)
-                    .into(),
-            );
+            let mut text = state.metrics.render(snap.release_count(), snap.generation);
+            state.fanout.metrics.render(&mut text);
+            let mut resp = Response::new(text.into());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

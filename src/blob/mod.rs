@@ -4,6 +4,7 @@
 //! name, so no request path can reach outside the store.
 
 pub mod local;
+pub mod s3;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -54,4 +55,14 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Streams `range` of the blob (already clamped to its size by the caller).
     async fn get(&self, sha256: &str, range: Range<u64>) -> Result<ByteStream, BlobError>;
+
+    /// A URL that serves the blob without credentials until `expiry`, for
+    /// `blob.delivery = "redirect"`; None when the backend cannot make one.
+    async fn presigned_url(
+        &self,
+        _sha256: &str,
+        _expiry: std::time::Duration,
+    ) -> Result<Option<String>, BlobError> {
+        Ok(None)
+    }
 }

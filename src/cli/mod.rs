@@ -8,6 +8,7 @@ mod client;
 mod keys;
 mod release;
 mod serve;
+mod state;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,12 @@ pub enum Command {
     /// Example: firmcast check --server https://updates.example.com --root root.pub.pem
     ///   --product WH-1000XM5 --version 2.1.0 --state state.json --download downloads
     Check(check::CheckArgs),
+    /// Export and import the state store (releases, audit log) as JSON lines.
+    ///
+    /// Example: firmcast state export --config embedded.toml --out state.jsonl &&
+    ///   firmcast state import --config redis.toml --in state.jsonl
+    #[command(subcommand)]
+    State(state::StateCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -59,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(args),
         Command::Admin(cmd) => admin::run(cmd),
         Command::Check(args) => check::run(args),
+        Command::State(cmd) => state::run(cmd),
     }
 }
 

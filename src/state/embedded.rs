@@ -1,5 +1,6 @@
 //! The embedded state store: one crash-safe redb file holding releases (with
-//! their per-product seq order) and the audit log. The default backend.
+//! their per-product seq order), the catalog version and the audit log. The
+//! default backend; one process at a time (redb locks the file).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +21,11 @@ const RELEASES: TableDefinition<(&str, u64), &str> = TableDefinition::new("relea
 const VERSIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("release_versions");
 /// id -> `AuditEntry` JSON.
 const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
+/// Named counters; see [`CATALOG_VERSION`].
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Bumped in the write transaction of every catalog change; absent = 0 (so
+/// files written before the counter existed read as version 0).
+const CATALOG_VERSION: &str = "catalog_version";
 
 pub struct EmbeddedStateStore {
     db: Arc<Database>,
@@ -51,6 +57,7 @@ impl EmbeddedStateStore {
         txn.open_table(RELEASES).db().map_err(at)?;
         txn.open_table(VERSIONS).db().map_err(at)?;
         txn.open_table(AUDIT).db().map_err(at)?;
+        txn.open_table(META).db().map_err(at)?;
         txn.commit().db().map_err(at)?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -79,6 +86,20 @@ impl StateStore for EmbeddedStateStore {
 
     async fn ping(&self) -> Result<(), StateError> {
         self.blocking(|db| db.begin_read().db().map(drop)).await
+    }
+
+    async fn catalog_version(&self) -> Result<u64, StateError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().db()?;
+            let meta = txn.open_table(META).db()?;
+            Ok(meta.get(CATALOG_VERSION).db()?.map_or(0, |v| v.value()))
+        })
+        .await
+    }
+
+    async fn watch_catalog(&self) -> Option<tokio::sync::mpsc::Receiver<u64>> {
+        // One process holds the file: every change is a local one.
+        None
     }
 
     async fn insert_release(&self, release: &StoredRelease) -> Result<(), StateError> {
@@ -111,6 +132,7 @@ impl StateStore for EmbeddedStateStore {
                 releases
                     .insert((product, release.seq), json.as_str())
                     .db()?;
+                bump_catalog_version(&txn)?;
             }
             txn.commit().db()
         })
@@ -147,6 +169,7 @@ impl StateStore for EmbeddedStateStore {
                 releases
                     .insert((product.as_str(), seq), encode(&release).as_str())
                     .db()?;
+                bump_catalog_version(&txn)?;
                 release
             };
             txn.commit().db()?;
@@ -240,6 +263,15 @@ impl StateStore for EmbeddedStateStore {
         })
         .await
     }
+}
+
+/// Adds one to the catalog version inside the caller's write transaction,
+/// so the change and its version commit (or vanish) together.
+fn bump_catalog_version(txn: &redb::WriteTransaction) -> Result<(), StateError> {
+    let mut meta = txn.open_table(META).db()?;
+    let next = meta.get(CATALOG_VERSION).db()?.map_or(0, |v| v.value()) + 1;
+    meta.insert(CATALOG_VERSION, next).db()?;
+    Ok(())
 }
 
 /// The highest seq stored for `product`, yanked releases included.

@@ -1,15 +1,28 @@
 //! The state store: releases with their rollout state, and the audit log.
 //!
-//! One trait, several backends (`embedded` now, `redis` next), all held to
-//! the same conformance suite (`tests/state_conformance.rs`). The store is
+//! One trait, two backends (`embedded`: one redb file for a single
+//! instance; `redis`: shared by any number of instances), both held to the
+//! same conformance suite (`tests/state_conformance.rs`). The store is
 //! authoritative for the publish rules that must be atomic: a version is
 //! published once, and `seq` only goes up per product.
+//!
+//! Every change to the catalog (a publish or a rollout patch) bumps the
+//! store's catalog version in the same transaction, so an instance can tell
+//! that its in-memory snapshot is behind; [`StateStore::watch_catalog`]
+//! announces new versions from every instance where the backend is shared.
 
 pub mod embedded;
+pub mod redis;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::config::{Settings, StateBackend};
 
 /// A published release as stored. The envelope is kept byte for byte as the
 /// release engineer signed it; everything else is rollout state.
@@ -64,7 +77,7 @@ pub enum StateError {
         "{product} {version} is already published; versions are immutable, publish a new version"
     )]
     DuplicateVersion { product: String, version: String },
-    #[error("seq {seq} is not above {max}, the highest seq published for {product}; sign the release with --seq {next}", next = max + 1)]
+    #[error("seq {seq} is not above {max}, the highest seq published for {product}; sign the release with --seq {next}", next = max.saturating_add(1))]
     StaleSeq { product: String, seq: u64, max: u64 },
     #[error("no release {product} {version}")]
     NotFound { product: String, version: String },
@@ -84,6 +97,25 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Cheap round trip proving the backend answers.
     async fn ping(&self) -> Result<(), StateError>;
+
+    /// The catalog version: 0 for an empty store, then one more for every
+    /// successful `insert_release` and `update_release`, bumped in the same
+    /// atomic step as the change itself. Refused changes leave it alone.
+    ///
+    /// To build a snapshot that is never silently behind, read this first,
+    /// then `list_releases`: any change after the read carries a higher
+    /// version, so a later notification above the read value means reload.
+    async fn catalog_version(&self) -> Result<u64, StateError>;
+
+    /// A feed of catalog versions announced by every instance sharing this
+    /// store (this one included), or `None` where nothing else can change it
+    /// (the embedded store: single instance, so local changes are all).
+    ///
+    /// Each time the feed (re)connects it also yields the current version,
+    /// so changes made while it was disconnected are noticed; otherwise
+    /// values only go up. The feed retries with backoff while the backend is
+    /// away and ends only when the receiver is dropped.
+    async fn watch_catalog(&self) -> Option<tokio::sync::mpsc::Receiver<u64>>;
 
     /// Inserts atomically. Refused with `DuplicateVersion` when the product
     /// already has this version (yanked or not), and with `StaleSeq` when
@@ -117,4 +149,37 @@ pub trait StateStore: Send + Sync + 'static {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StateError>;
+}
+
+/// Opens the configured backend: the embedded file under `server.data_dir`,
+/// or Redis at `state.redis_url` (failing fast, with the reason, when it does
+/// not answer within `state.redis_timeout_ms`). For `serve` and the
+/// `state export` / `state import` commands.
+pub async fn open_state(settings: &Settings) -> anyhow::Result<Arc<dyn StateStore>> {
+    match settings.state.backend {
+        StateBackend::Embedded => {
+            let path = settings.state_path();
+            tracing::info!(path = %path.display(), "state: embedded store (single instance; use redis to run several)");
+            let opened = tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || embedded::EmbeddedStateStore::open(&path)
+            })
+            .await
+            .context("the state store task did not finish")?;
+            let store = opened
+                .with_context(|| format!("cannot open the state store at {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        StateBackend::Redis => {
+            let s = &settings.state;
+            let timeout = Duration::from_millis(s.redis_timeout_ms);
+            let store = redis::RedisStateStore::connect(&s.redis_url, &s.redis_prefix, timeout)
+                .await
+                .context(
+                    "cannot open the redis state store; check [state] redis_url and that Redis is running",
+                )?;
+            tracing::info!(url = %redis::redact_url(&s.redis_url), prefix = %s.redis_prefix, "state: redis");
+            Ok(Arc::new(store))
+        }
+    }
 }

@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod blob_suite;
 pub mod cli;
+pub mod redis_proc;
+pub mod s3s;
 pub mod server;
 pub mod state_suite;

@@ -79,3 +79,50 @@ pub fn spawn_server_with(extra: &str) -> TestServer {
         .expect("firmcast serve prints its address within 30 s");
     server
 }
+
+/// A `firmcast serve` process started in `dir` with `config` (a file name in
+/// `dir`) and extra environment; killed when dropped.
+pub struct ServeProcess {
+    pub url: String,
+    child: Child,
+}
+
+impl ServeProcess {
+    pub fn start(dir: &std::path::Path, config: &str, envs: &[(&str, &str)]) -> ServeProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_firmcast"));
+        cmd.current_dir(dir)
+            .args(["serve", "--config", config])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("firmcast serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("firmcast listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("firmcast serve prints its address within 30 s");
+        ServeProcess { url, child }
+    }
+
+    /// SIGKILL: no graceful anything, as a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

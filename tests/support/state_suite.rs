@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use firmcast::state::{AuditEntry, ReleasePatch, StateError, StateStore, StoredRelease};
+use redis::Commands;
 use serde_json::json;
 
 #[macro_export]
@@ -28,10 +29,13 @@ macro_rules! state_conformance {
             update_unknown_release_not_found,
             list_filters_by_product_ordered_by_seq,
             audit_ids_increase_and_page_newest_first,
+            catalog_version_counts_changes_only,
+            huge_seqs_compare_exactly,
         );
         $crate::state_conformance!(@race_tests $make;
             concurrent_same_seq_has_one_winner,
             concurrent_racing_seqs_keep_only_non_conflicting,
+            concurrent_changes_each_bump_catalog_version,
         );
     };
     (@tests $make:expr; $($name:ident),+ $(,)?) => {
@@ -660,4 +664,225 @@ pub async fn concurrent_racing_seqs_keep_only_non_conflicting(store: Arc<dyn Sta
         "the first contender to commit always wins: {results:?}"
     );
     assert!(!won.contains("0.2.0"), "seq 1 replayed");
+}
+
+pub async fn catalog_version_counts_changes_only(store: Arc<dyn StateStore>) {
+    let version = || async { store.catalog_version().await.unwrap() };
+    assert_eq!(version().await, 0, "an empty store is at version 0");
+
+    store
+        .insert_release(&release("P", "1.0.0", 1))
+        .await
+        .unwrap();
+    assert_eq!(version().await, 1);
+    store
+        .insert_release(&release("Q", "1.0.0", 1))
+        .await
+        .unwrap();
+    assert_eq!(version().await, 2);
+
+    // Refusals change nothing, so they announce nothing.
+    assert_duplicate(
+        store.insert_release(&release("P", "1.0.0", 9)).await,
+        "P",
+        "1.0.0",
+    );
+    assert_stale(
+        store.insert_release(&release("P", "2.0.0", 1)).await,
+        "P",
+        1,
+        1,
+    );
+    assert!(matches!(
+        store
+            .update_release("P", "9.9.9", &ReleasePatch::default(), instant(5))
+            .await,
+        Err(StateError::NotFound { .. })
+    ));
+    assert_eq!(version().await, 2);
+
+    // Every successful patch counts, even one that changes only updated_at.
+    store
+        .update_release(
+            "P",
+            "1.0.0",
+            &ReleasePatch {
+                rollout_bp: Some(10_000),
+                ..Default::default()
+            },
+            instant(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(version().await, 3);
+    store
+        .update_release("P", "1.0.0", &ReleasePatch::default(), instant(11))
+        .await
+        .unwrap();
+    assert_eq!(version().await, 4);
+
+    // Reads and the audit log are not catalog changes.
+    store.get_release("P", "1.0.0").await.unwrap();
+    store.list_releases(None).await.unwrap();
+    store.append_audit(&audit(1)).await.unwrap();
+    store.list_audit(None, 10).await.unwrap();
+    assert_eq!(version().await, 4);
+}
+
+pub async fn concurrent_changes_each_bump_catalog_version(store: Arc<dyn StateStore>) {
+    store
+        .insert_release(&release("P", "1.0.0", 1))
+        .await
+        .unwrap();
+    let before = store.catalog_version().await.unwrap();
+    // 10 patches of one release (each must see the others' writes) and 10
+    // publishes of distinct products, all at once.
+    let barrier = Arc::new(tokio::sync::Barrier::new(20));
+    let tasks: Vec<_> = (0..20u16)
+        .map(|i| {
+            let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                if i % 2 == 0 {
+                    store
+                        .update_release(
+                            "P",
+                            "1.0.0",
+                            &ReleasePatch {
+                                rollout_bp: Some(i * 100),
+                                ..Default::default()
+                            },
+                            instant(i64::from(i)),
+                        )
+                        .await
+                        .map(drop)
+                } else {
+                    store
+                        .insert_release(&release(&format!("Q{i}"), "1.0.0", 1))
+                        .await
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        store.catalog_version().await.unwrap(),
+        before + 20,
+        "a bump was lost or doubled"
+    );
+    assert_eq!(store.list_releases(None).await.unwrap().len(), 11);
+}
+
+pub async fn huge_seqs_compare_exactly(store: Arc<dyn StateStore>) {
+    // Beyond 2^53 a double cannot tell n from n + 1; the store must.
+    let big = 1u64 << 60;
+    store
+        .insert_release(&release("P", "1.0.0", big))
+        .await
+        .unwrap();
+    store
+        .insert_release(&release("P", "1.0.1", big + 1))
+        .await
+        .unwrap();
+    assert_stale(
+        store.insert_release(&release("P", "1.0.2", big + 1)).await,
+        "P",
+        big + 1,
+        big + 1,
+    );
+    store
+        .insert_release(&release("P", "2.0.0", u64::MAX))
+        .await
+        .unwrap();
+    assert_stale(
+        store
+            .insert_release(&release("P", "2.0.1", u64::MAX - 1))
+            .await,
+        "P",
+        u64::MAX - 1,
+        u64::MAX,
+    );
+    assert_eq!(
+        versions(&*store, Some("P")).await,
+        vec![
+            ("P".into(), "1.0.0".into(), big),
+            ("P".into(), "1.0.1".into(), big + 1),
+            ("P".into(), "2.0.0".into(), u64::MAX),
+        ]
+    );
+}
+
+// ---- Redis fixtures (shared by the Redis conformance and migration tests) ----
+
+/// `REDIS_URL`, or the local default.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A key prefix no other run uses.
+pub fn unique_prefix() -> String {
+    format!("firmcast-test-{:016x}", rand::random::<u64>())
+}
+
+/// Deletes every key under its prefix when dropped, so test runs leave the
+/// shared Redis as they found it.
+pub struct RedisKeys {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl RedisKeys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            url: redis_url(),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Every key under the prefix, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        self.try_keys().expect("redis answers SCAN")
+    }
+
+    fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url.as_str())?
+            .get_connection_with_timeout(std::time::Duration::from_secs(5))
+    }
+
+    fn try_keys(&self) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.connection()?;
+        let mut keys = conn
+            .scan_match::<_, String>(format!("{}:*", self.prefix))?
+            .collect::<redis::RedisResult<Vec<String>>>()?;
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        // Best effort, and never a panic while a failed test unwinds.
+        let Ok(keys) = self.try_keys() else { return };
+        if keys.is_empty() {
+            return;
+        }
+        if let Ok(mut conn) = self.connection() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+        }
+    }
+}
+
+/// A fresh Redis store under its own prefix, with the guard removing its keys.
+pub async fn fresh_redis_store() -> (Arc<dyn StateStore>, RedisKeys) {
+    let prefix = unique_prefix();
+    let store = firmcast::state::redis::RedisStateStore::connect(
+        &redis_url(),
+        &prefix,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .expect("redis is reachable at REDIS_URL (default redis://127.0.0.1:6379)");
+    (Arc::new(store), RedisKeys::new(&prefix))
 }

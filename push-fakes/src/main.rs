@@ -1,0 +1,125 @@
+//! `firmcast-push-fakes`: run the APNs and FCM fakes for manual tests and
+//! benchmarks, write the credentials firmcast needs, print where they are.
+//!
+//! ```text
+//! firmcast-push-fakes [--apns-port N] [--fcm-port N] [--dir DIR]
+//! ```
+//!
+//! Ports default to 0 (any free port). DIR (default `./push-fakes`) receives
+//! `apns.p8`, `apns-ca.pem` and `fcm.json`. Runs until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use firmcast_push_fakes::{ApnsFake, ApnsOptions, FcmFake, FcmOptions};
+
+const USAGE: &str = "usage: firmcast-push-fakes [--apns-port N] [--fcm-port N] [--dir DIR]
+
+Runs a fake APNs (HTTP/2 + TLS) and a fake FCM v1 (+ OAuth token endpoint)
+on 127.0.0.1, writes apns.p8, apns-ca.pem and fcm.json into DIR, prints the
+matching firmcast config, and serves until Ctrl-C.
+
+example: firmcast-push-fakes --apns-port 8443 --fcm-port 8444 --dir /tmp/fakes";
+
+struct Args {
+    apns_port: u16,
+    fcm_port: u16,
+    dir: PathBuf,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        apns_port: 0,
+        fcm_port: 0,
+        dir: PathBuf::from("push-fakes"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--apns-port" => {
+                args.apns_port = value("--apns-port")?
+                    .parse()
+                    .map_err(|_| "--apns-port: not a port number".to_owned())?
+            }
+            "--fcm-port" => {
+                args.fcm_port = value("--fcm-port")?
+                    .parse()
+                    .map_err(|_| "--fcm-port: not a port number".to_owned())?
+            }
+            "--dir" => args.dir = PathBuf::from(value("--dir")?),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> std::io::Result<()> {
+    std::fs::create_dir_all(&args.dir)?;
+    let apns = ApnsFake::start_with(
+        SocketAddr::from(([127, 0, 0, 1], args.apns_port)),
+        ApnsOptions::default(),
+    )
+    .await?;
+    let fcm = FcmFake::start_with(
+        SocketAddr::from(([127, 0, 0, 1], args.fcm_port)),
+        FcmOptions::default(),
+    )
+    .await?;
+    let key = args.dir.join("apns.p8");
+    let ca = args.dir.join("apns-ca.pem");
+    let account = args.dir.join("fcm.json");
+    apns.write_key(&key)?;
+    apns.write_ca(&ca)?;
+    fcm.write_service_account(&account)?;
+
+    println!("apns_url = {}", apns.base_url());
+    println!("fcm_url = {}", fcm.base_url());
+    println!("fcm_token_uri = {}", fcm.token_uri());
+    println!();
+    println!("[push.apns]");
+    println!("enabled = true");
+    println!("base_url = \"{}\"", apns.base_url());
+    println!("key_file = \"{}\"", key.display());
+    println!("key_id = \"{}\"", apns.key_id());
+    println!("team_id = \"{}\"", apns.team_id());
+    println!("topic = \"{}\"", apns.topic());
+    println!("ca_file = \"{}\"", ca.display());
+    println!();
+    println!("[push.fcm]");
+    println!("enabled = true");
+    println!("base_url = \"{}\"", fcm.base_url());
+    println!("service_account_file = \"{}\"", account.display());
+
+    tokio::signal::ctrl_c().await?;
+    eprintln!(
+        "stopping: APNs delivered {}, FCM delivered {}",
+        apns.deliveries().len(),
+        fcm.deliveries().len()
+    );
+    Ok(())
+}

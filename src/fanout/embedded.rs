@@ -1,0 +1,422 @@
+//! The embedded push store: subscriptions, jobs and the batch queue in one
+//! crash-safe redb file beside the state store. Single instance only; with
+//! several instances the Redis store's consumer group shares the queue.
+
+use super::store::{
+    member_key, Batch, Claimed, Job, JobCounters, JobState, ProviderKind, PushStore, Subscription,
+};
+use crate::state::StateError;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const BACKEND: &str = "embedded";
+
+/// member key (`provider:token`) -> Subscription JSON.
+const SUBS: TableDefinition<&str, &str> = TableDefinition::new("subscriptions");
+/// (product, member key) -> (): the per-product subscriber index.
+const INDEX: TableDefinition<(&str, &str), ()> = TableDefinition::new("subscriber_index");
+/// job id -> Job JSON.
+const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
+/// queue seq -> Batch JSON, not yet claimed.
+const PENDING: TableDefinition<u64, &str> = TableDefinition::new("queue_pending");
+/// queue seq -> InFlight JSON, claimed and not completed.
+const INFLIGHT: TableDefinition<u64, &str> = TableDefinition::new("queue_inflight");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+#[derive(Serialize, Deserialize)]
+struct InFlight {
+    batch: Batch,
+    consumer: String,
+    claimed_at_ms: i64,
+}
+
+pub struct EmbeddedPushStore {
+    db: Arc<Database>,
+}
+
+fn err<E: Into<redb::Error>>(e: E) -> StateError {
+    match e.into() {
+        redb::Error::Corrupted(msg) => StateError::Corrupt(msg),
+        e => StateError::Unavailable {
+            backend: BACKEND,
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("push records serialize")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StateError> {
+    serde_json::from_str(s).map_err(|e| StateError::Corrupt(format!("push store record: {e}")))
+}
+
+impl EmbeddedPushStore {
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StateError::Unavailable {
+                backend: BACKEND,
+                reason: format!("cannot create {}: {e}", dir.display()),
+            })?;
+        }
+        let db = Database::create(path).map_err(err)?;
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(SUBS).map_err(err)?;
+        txn.open_table(INDEX).map_err(err)?;
+        txn.open_table(JOBS).map_err(err)?;
+        txn.open_table(PENDING).map_err(err)?;
+        txn.open_table(INFLIGHT).map_err(err)?;
+        txn.open_table(META).map_err(err)?;
+        txn.commit().map_err(err)?;
+        Ok(EmbeddedPushStore { db: Arc::new(db) })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StateError::Unavailable {
+                backend: BACKEND,
+                reason: format!("store task failed: {e}"),
+            })?
+    }
+}
+
+fn remove_sub(txn: &redb::WriteTransaction, member: &str) -> Result<bool, StateError> {
+    let mut subs = txn.open_table(SUBS).map_err(err)?;
+    let Some(old) = subs.remove(member).map_err(err)? else {
+        return Ok(false);
+    };
+    let old: Subscription = decode(old.value())?;
+    let mut index = txn.open_table(INDEX).map_err(err)?;
+    for p in &old.products {
+        index.remove((p.as_str(), member)).map_err(err)?;
+    }
+    Ok(true)
+}
+
+fn load_job(txn: &redb::WriteTransaction, id: &str) -> Result<Job, StateError> {
+    let jobs = txn.open_table(JOBS).map_err(err)?;
+    let raw = jobs
+        .get(id)
+        .map_err(err)?
+        .ok_or_else(|| StateError::NotFound {
+            product: "job".into(),
+            version: id.into(),
+        })?;
+    decode(raw.value())
+}
+
+fn save_job(txn: &redb::WriteTransaction, job: &Job) -> Result<(), StateError> {
+    let mut jobs = txn.open_table(JOBS).map_err(err)?;
+    jobs.insert(job.id.as_str(), encode(job).as_str())
+        .map_err(err)?;
+    Ok(())
+}
+
+#[async_trait]
+impl PushStore for EmbeddedPushStore {
+    async fn upsert_subscription(&self, sub: &Subscription) -> Result<(), StateError> {
+        let sub = sub.clone();
+        self.run(move |db| {
+            let member = member_key(sub.provider, &sub.token);
+            let txn = db.begin_write().map_err(err)?;
+            remove_sub(&txn, &member)?;
+            {
+                let mut subs = txn.open_table(SUBS).map_err(err)?;
+                subs.insert(member.as_str(), encode(&sub).as_str())
+                    .map_err(err)?;
+                let mut index = txn.open_table(INDEX).map_err(err)?;
+                for p in &sub.products {
+                    index
+                        .insert((p.as_str(), member.as_str()), ())
+                        .map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+
+    async fn remove_subscription(
+        &self,
+        provider: ProviderKind,
+        token: &str,
+    ) -> Result<bool, StateError> {
+        let member = member_key(provider, token);
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let existed = remove_sub(&txn, &member)?;
+            txn.commit().map_err(err)?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn get_subscription(
+        &self,
+        provider: ProviderKind,
+        token: &str,
+    ) -> Result<Option<Subscription>, StateError> {
+        let member = member_key(provider, token);
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let subs = txn.open_table(SUBS).map_err(err)?;
+            match subs.get(member.as_str()).map_err(err)? {
+                Some(v) => Ok(Some(decode(v.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn subscriber_page(
+        &self,
+        product: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StateError> {
+        let (product, after) = (product.to_owned(), after.map(str::to_owned));
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let index = txn.open_table(INDEX).map_err(err)?;
+            let start = after.as_deref().unwrap_or("");
+            let mut out = Vec::with_capacity(limit.min(4096));
+            for entry in index.range((product.as_str(), start)..).map_err(err)? {
+                let (key, _) = entry.map_err(err)?;
+                let (p, member) = key.value();
+                if p != product {
+                    break;
+                }
+                if after.as_deref() == Some(member) {
+                    continue;
+                }
+                out.push(member.to_owned());
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn subscribers_in(
+        &self,
+        product: &str,
+        first: &str,
+        last: &str,
+    ) -> Result<Vec<Subscription>, StateError> {
+        let (product, first, last) = (product.to_owned(), first.to_owned(), last.to_owned());
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let index = txn.open_table(INDEX).map_err(err)?;
+            let subs = txn.open_table(SUBS).map_err(err)?;
+            let mut out = Vec::new();
+            for entry in index
+                .range((product.as_str(), first.as_str())..=(product.as_str(), last.as_str()))
+                .map_err(err)?
+            {
+                let (key, _) = entry.map_err(err)?;
+                if let Some(v) = subs.get(key.value().1).map_err(err)? {
+                    out.push(decode(v.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count_subscribers(&self, product: &str) -> Result<u64, StateError> {
+        let product = product.to_owned();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let index = txn.open_table(INDEX).map_err(err)?;
+            let mut n = 0u64;
+            for entry in index.range((product.as_str(), "")..).map_err(err)? {
+                if entry.map_err(err)?.0.value().0 != product {
+                    break;
+                }
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn sweep_idle(&self, before: DateTime<Utc>) -> Result<u64, StateError> {
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let stale: Vec<String> = {
+                let subs = txn.open_table(SUBS).map_err(err)?;
+                let mut stale = Vec::new();
+                for entry in subs.iter().map_err(err)? {
+                    let (k, v) = entry.map_err(err)?;
+                    let sub: Subscription = decode(v.value())?;
+                    if sub.last_seen < before {
+                        stale.push(k.value().to_owned());
+                    }
+                }
+                stale
+            };
+            for member in &stale {
+                remove_sub(&txn, member)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(stale.len() as u64)
+        })
+        .await
+    }
+
+    async fn put_job(&self, job: &Job) -> Result<(), StateError> {
+        let job = job.clone();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            save_job(&txn, &job)?;
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+
+    async fn get_job(&self, id: &str) -> Result<Option<Job>, StateError> {
+        let id = id.to_owned();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let jobs = txn.open_table(JOBS).map_err(err)?;
+            match jobs.get(id.as_str()).map_err(err)? {
+                Some(v) => Ok(Some(decode(v.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn set_job_state(&self, id: &str, state: JobState) -> Result<Job, StateError> {
+        let id = id.to_owned();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let mut job = load_job(&txn, &id)?;
+            if !job.state.is_final() {
+                job.state = state;
+                save_job(&txn, &job)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(job)
+        })
+        .await
+    }
+
+    async fn enqueue(&self, batch: &Batch) -> Result<(), StateError> {
+        let batch = batch.clone();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut meta = txn.open_table(META).map_err(err)?;
+                let seq = meta
+                    .get("queue_seq")
+                    .map_err(err)?
+                    .map(|v| v.value())
+                    .unwrap_or(0)
+                    + 1;
+                meta.insert("queue_seq", seq).map_err(err)?;
+                let mut pending = txn.open_table(PENDING).map_err(err)?;
+                pending.insert(seq, encode(&batch).as_str()).map_err(err)?;
+            }
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+
+    async fn claim(&self, consumer: &str, stale: Duration) -> Result<Option<Claimed>, StateError> {
+        let consumer = consumer.to_owned();
+        self.run(move |db| {
+            let now = Utc::now().timestamp_millis();
+            let txn = db.begin_write().map_err(err)?;
+            let claimed = {
+                let mut inflight = txn.open_table(INFLIGHT).map_err(err)?;
+                // A batch whose worker went quiet for `stale` is taken over first.
+                let mut taken: Option<(u64, InFlight)> = None;
+                for entry in inflight.iter().map_err(err)? {
+                    let (k, v) = entry.map_err(err)?;
+                    let f: InFlight = decode(v.value())?;
+                    if now - f.claimed_at_ms >= stale.as_millis() as i64 {
+                        taken = Some((k.value(), f));
+                        break;
+                    }
+                }
+                let next = match taken {
+                    Some((seq, f)) => Some((seq, f.batch)),
+                    None => {
+                        let mut pending = txn.open_table(PENDING).map_err(err)?;
+                        let popped = pending.pop_first().map_err(err)?;
+                        match popped {
+                            Some((k, v)) => Some((k.value(), decode::<Batch>(v.value())?)),
+                            None => None,
+                        }
+                    }
+                };
+                match next {
+                    Some((seq, batch)) => {
+                        let f = InFlight {
+                            batch: batch.clone(),
+                            consumer: consumer.clone(),
+                            claimed_at_ms: now,
+                        };
+                        inflight.insert(seq, encode(&f).as_str()).map_err(err)?;
+                        Some(Claimed {
+                            delivery: seq.to_string(),
+                            batch,
+                        })
+                    }
+                    None => None,
+                }
+            };
+            txn.commit().map_err(err)?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        claimed: &Claimed,
+        delta: &JobCounters,
+    ) -> Result<Option<Job>, StateError> {
+        let (claimed, delta) = (claimed.clone(), *delta);
+        self.run(move |db| {
+            let seq: u64 = claimed.delivery.parse().map_err(|_| {
+                StateError::Corrupt(format!("bad delivery id {}", claimed.delivery))
+            })?;
+            let txn = db.begin_write().map_err(err)?;
+            let removed = txn
+                .open_table(INFLIGHT)
+                .map_err(err)?
+                .remove(seq)
+                .map_err(err)?
+                .is_some();
+            if !removed {
+                return Ok(None);
+            }
+            let mut job = load_job(&txn, &claimed.batch.job_id)?;
+            let c = &mut job.counters;
+            c.sent += delta.sent;
+            c.failed += delta.failed;
+            c.removed += delta.removed;
+            c.retried += delta.retried;
+            job.batches_done += 1;
+            save_job(&txn, &job)?;
+            txn.commit().map_err(err)?;
+            Ok(Some(job))
+        })
+        .await
+    }
+}

@@ -1,0 +1,80 @@
+//! Starting a notification job: count and cut a product's subscriber index
+//! into batches, record the job, queue the batches.
+
+use super::store::{Batch, Job, JobCounters, JobState, PushStore};
+use crate::state::StateError;
+use chrono::Utc;
+use std::sync::Arc;
+
+/// Tokens per batch: small enough that a crashed worker's batch is quickly
+/// redone (a duplicate at most this big, hidden by the collapse id), large
+/// enough that queue overhead is noise.
+pub const BATCH_SIZE: usize = 500;
+
+pub fn new_job_id() -> String {
+    hex::encode(rand::random::<[u8; 12]>())
+}
+
+/// Creates the job and queues its batches. The batch boundaries are read
+/// first and the job is recorded with its final `batches_total` before any
+/// batch is queued, so workers' counter updates never race the planner.
+/// A dry run records the count and finishes at once.
+pub async fn start(
+    store: &Arc<dyn PushStore>,
+    product: &str,
+    version: &str,
+    dry_run: bool,
+    actor: &str,
+) -> Result<Job, StateError> {
+    let mut ranges = Vec::new();
+    let mut total = 0u64;
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .subscriber_page(product, after.as_deref(), BATCH_SIZE)
+            .await?;
+        let (Some(first), Some(last)) = (page.first(), page.last()) else {
+            break;
+        };
+        total += page.len() as u64;
+        ranges.push((first.clone(), last.clone()));
+        let full = page.len() == BATCH_SIZE;
+        after = Some(last.clone());
+        if !full {
+            break;
+        }
+    }
+    let job = Job {
+        id: new_job_id(),
+        product: product.to_owned(),
+        version: version.to_owned(),
+        dry_run,
+        state: if dry_run || ranges.is_empty() {
+            JobState::Done
+        } else {
+            JobState::Running
+        },
+        created_at: Utc::now(),
+        created_by: actor.to_owned(),
+        counters: JobCounters {
+            total,
+            ..JobCounters::default()
+        },
+        batches_total: if dry_run { 0 } else { ranges.len() as u64 },
+        batches_done: 0,
+    };
+    store.put_job(&job).await?;
+    if !dry_run {
+        for (first, last) in ranges {
+            store
+                .enqueue(&Batch {
+                    job_id: job.id.clone(),
+                    product: product.to_owned(),
+                    first,
+                    last,
+                })
+                .await?;
+        }
+    }
+    Ok(job)
+}

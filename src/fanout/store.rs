@@ -1,0 +1,183 @@
+//! What fan-out keeps: push subscriptions (token, products, locale, last
+//! seen; never an address), fan-out jobs with their counters, and the durable
+//! queue of batches that workers on every instance share.
+//!
+//! A batch names a *range* of a product's subscriber index, not a list of
+//! tokens: workers read the range when they send, so a token unsubscribed
+//! after the job started is simply no longer there. That is how "every trace
+//! of the token gone, including pending batches" holds without rewriting
+//! queued work.
+
+use crate::state::StateError;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Fcm,
+    Apns,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Fcm => "fcm",
+            ProviderKind::Apns => "apns",
+        }
+    }
+}
+
+/// The index key of a subscription: `provider:token`. Ordered, so a product's
+/// subscribers can be paged and cut into ranges.
+pub fn member_key(provider: ProviderKind, token: &str) -> String {
+    format!("{}:{token}", provider.as_str())
+}
+
+pub fn parse_member(member: &str) -> Option<(ProviderKind, &str)> {
+    let (p, token) = member.split_once(':')?;
+    let provider = match p {
+        "fcm" => ProviderKind::Fcm,
+        "apns" => ProviderKind::Apns,
+        _ => return None,
+    };
+    Some((provider, token))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub provider: ProviderKind,
+    pub token: String,
+    /// Sorted, deduplicated product names.
+    pub products: Vec<String>,
+    pub locale: String,
+    pub last_seen: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCounters {
+    pub total: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub removed: u64,
+    pub retried: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "reason")]
+pub enum JobState {
+    /// Batches are being queued.
+    Planning,
+    Running,
+    Done,
+    Cancelled,
+    /// Stopped by a payload or credential error; tokens are kept.
+    Failed(String),
+}
+
+impl JobState {
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            JobState::Done | JobState::Cancelled | JobState::Failed(_)
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub product: String,
+    pub version: String,
+    pub dry_run: bool,
+    pub state: JobState,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub counters: JobCounters,
+    pub batches_total: u64,
+    pub batches_done: u64,
+}
+
+/// One unit of queued work: the subscribers of `product` whose member keys
+/// lie in `first..=last`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub job_id: String,
+    pub product: String,
+    pub first: String,
+    pub last: String,
+}
+
+/// A claimed batch; `delivery` identifies the claim for `ack`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    pub delivery: String,
+    pub batch: Batch,
+}
+
+#[async_trait]
+pub trait PushStore: Send + Sync + 'static {
+    /// Inserts or replaces the subscription (and its product index entries;
+    /// products dropped since the last upsert leave their indexes).
+    async fn upsert_subscription(&self, sub: &Subscription) -> Result<(), StateError>;
+
+    /// Removes the subscription from every key and index. True if it existed.
+    async fn remove_subscription(
+        &self,
+        provider: ProviderKind,
+        token: &str,
+    ) -> Result<bool, StateError>;
+
+    async fn get_subscription(
+        &self,
+        provider: ProviderKind,
+        token: &str,
+    ) -> Result<Option<Subscription>, StateError>;
+
+    /// Up to `limit` member keys of `product`'s index after `after`, ascending.
+    async fn subscriber_page(
+        &self,
+        product: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StateError>;
+
+    /// The subscriptions of `product` whose member keys lie in `first..=last`.
+    async fn subscribers_in(
+        &self,
+        product: &str,
+        first: &str,
+        last: &str,
+    ) -> Result<Vec<Subscription>, StateError>;
+
+    async fn count_subscribers(&self, product: &str) -> Result<u64, StateError>;
+
+    /// Removes every subscription last seen before `before`; returns how many.
+    async fn sweep_idle(&self, before: DateTime<Utc>) -> Result<u64, StateError>;
+
+    async fn put_job(&self, job: &Job) -> Result<(), StateError>;
+
+    async fn get_job(&self, id: &str) -> Result<Option<Job>, StateError>;
+
+    /// Sets the state unless the job is already final (a cancel wins over a
+    /// late "done"). Returns the job as stored afterwards.
+    async fn set_job_state(&self, id: &str, state: JobState) -> Result<Job, StateError>;
+
+    async fn enqueue(&self, batch: &Batch) -> Result<(), StateError>;
+
+    /// The next batch for `consumer`: a new one, or one claimed by another
+    /// consumer more than `stale` ago and never acknowledged (it crashed).
+    async fn claim(&self, consumer: &str, stale: Duration) -> Result<Option<Claimed>, StateError>;
+
+    /// Done with a claimed batch, atomically: it leaves the queue, `delta` is
+    /// added to its job's counters and `batches_done` goes up by one. If the
+    /// batch already left the queue (another consumer took it over and
+    /// finished it), nothing is counted again. Returns the job afterwards.
+    async fn complete(
+        &self,
+        claimed: &Claimed,
+        delta: &JobCounters,
+    ) -> Result<Option<Job>, StateError>;
+}

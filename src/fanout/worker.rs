@@ -1,0 +1,267 @@
+//! Fan-out workers: every instance runs a few; each claims a batch from the
+//! shared queue, sends to the batch's current subscribers through the
+//! providers (in-flight sends bounded per provider), and completes the batch
+//! with its counters in one atomic step. A crashed worker's batch is claimed
+//! by another after `STALE`, so nobody is missed; at most that one batch is
+//! sent twice, and the per-product collapse id keeps the phone from showing
+//! it twice.
+
+use super::store::{Claimed, JobCounters, JobState, ProviderKind, PushStore, Subscription};
+use crate::catalog::Catalog;
+use crate::push::{send_with_retry, Provider, PushMessage, RetryPolicy, SendOutcome};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// A claimed batch untouched this long is taken over: its worker died.
+pub const STALE: Duration = Duration::from_secs(60);
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+pub struct ProviderSlot {
+    pub provider: Arc<dyn Provider>,
+    /// Bounds concurrent sends to this provider across all workers.
+    pub in_flight: Arc<Semaphore>,
+}
+
+/// Per provider and outcome, for /metrics.
+#[derive(Default)]
+pub struct FanoutMetrics {
+    pub sent: [AtomicU64; 2],
+    pub failed: [AtomicU64; 2],
+    pub removed: [AtomicU64; 2],
+    pub retried: [AtomicU64; 2],
+    /// Jobs stopped by payload or credential errors: page someone.
+    pub fatal: AtomicU64,
+}
+
+fn slot(kind: ProviderKind) -> usize {
+    match kind {
+        ProviderKind::Fcm => 0,
+        ProviderKind::Apns => 1,
+    }
+}
+
+impl FanoutMetrics {
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP firmcast_push_total Push sends, by provider and outcome.\n# TYPE firmcast_push_total counter");
+        for (name, counters) in [
+            ("sent", &self.sent),
+            ("failed", &self.failed),
+            ("removed", &self.removed),
+            ("retried", &self.retried),
+        ] {
+            for (kind, i) in [("fcm", 0), ("apns", 1)] {
+                let _ = writeln!(
+                    out,
+                    "firmcast_push_total{{provider=\"{kind}\",outcome=\"{name}\"}} {}",
+                    counters[i].load(Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP firmcast_push_jobs_fatal_total Fan-out jobs stopped by payload or credential errors (alert on any).\n# TYPE firmcast_push_jobs_fatal_total counter");
+        let _ = writeln!(
+            out,
+            "firmcast_push_jobs_fatal_total {}",
+            self.fatal.load(Relaxed)
+        );
+    }
+}
+
+pub struct Fanout {
+    pub store: Arc<dyn PushStore>,
+    pub providers: HashMap<ProviderKind, ProviderSlot>,
+    pub policy: RetryPolicy,
+    pub ttl: Duration,
+    pub metrics: FanoutMetrics,
+    /// Unique per process: the queue's consumer name.
+    pub consumer: String,
+}
+
+impl Fanout {
+    /// Runs `workers` claim loops until the task is aborted.
+    pub async fn run(self: Arc<Self>, catalog: Arc<Catalog>, workers: usize) {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..workers.max(1) {
+            let (me, catalog) = (self.clone(), catalog.clone());
+            set.spawn(async move { me.work(&catalog).await });
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    async fn work(&self, catalog: &Catalog) {
+        loop {
+            match self.store.claim(&self.consumer, STALE).await {
+                Ok(Some(claimed)) => {
+                    if let Err(e) = self.process(catalog, &claimed).await {
+                        // Not acknowledged: another worker retries it after STALE.
+                        tracing::warn!(error = %e, job = %claimed.batch.job_id, "batch failed; it will be retried");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                Ok(None) => tokio::time::sleep(IDLE_POLL).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim fan-out work; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn process(
+        &self,
+        catalog: &Catalog,
+        claimed: &Claimed,
+    ) -> Result<(), crate::state::StateError> {
+        let batch = &claimed.batch;
+        let job = self.store.get_job(&batch.job_id).await?;
+        let Some(job) = job.filter(|j| !j.state.is_final()) else {
+            // Cancelled or stopped: the batch just leaves the queue.
+            self.store
+                .complete(claimed, &JobCounters::default())
+                .await?;
+            return Ok(());
+        };
+        let release = {
+            let snap = catalog.load();
+            job.version.parse().ok().and_then(|v| {
+                snap.product(&job.product)
+                    .and_then(|p| p.release(&v))
+                    .cloned()
+            })
+        };
+        let Some(release) = release.filter(|r| !r.stored.yanked) else {
+            self.store
+                .set_job_state(
+                    &job.id,
+                    JobState::Failed("the release was yanked or removed".into()),
+                )
+                .await?;
+            self.store
+                .complete(claimed, &JobCounters::default())
+                .await?;
+            return Ok(());
+        };
+        let subs = self
+            .store
+            .subscribers_in(&batch.product, &batch.first, &batch.last)
+            .await?;
+        let fatal = std::sync::Mutex::new(None::<String>);
+        let delta = std::sync::Mutex::new(JobCounters::default());
+        futures_util::stream::iter(subs)
+            .for_each_concurrent(256, |sub| {
+                let (release, fatal, delta) = (&release, &fatal, &delta);
+                async move {
+                    let result = self.deliver(&sub, release).await;
+                    let mut d = delta.lock().expect("no panics under this lock");
+                    d.retried += result.retried;
+                    match result.outcome {
+                        Outcome::Sent => d.sent += 1,
+                        Outcome::Removed => d.removed += 1,
+                        Outcome::Failed => d.failed += 1,
+                        Outcome::Fatal(reason) => {
+                            d.failed += 1;
+                            *fatal.lock().expect("no panics under this lock") = Some(reason);
+                        }
+                    }
+                }
+            })
+            .await;
+        let delta = delta.into_inner().expect("no panics under this lock");
+        if let Some(reason) = fatal.into_inner().expect("no panics under this lock") {
+            self.metrics.fatal.fetch_add(1, Relaxed);
+            tracing::error!(job = %job.id, reason = %reason, "fan-out job stopped by a payload or credential error; tokens kept");
+            self.store
+                .set_job_state(&job.id, JobState::Failed(reason))
+                .await?;
+        }
+        if let Some(after) = self.store.complete(claimed, &delta).await? {
+            if after.batches_done >= after.batches_total && !after.state.is_final() {
+                self.store.set_job_state(&after.id, JobState::Done).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliver(&self, sub: &Subscription, release: &crate::catalog::Release) -> Delivered {
+        let i = slot(sub.provider);
+        let Some(slot) = self.providers.get(&sub.provider) else {
+            self.metrics.failed[i].fetch_add(1, Relaxed);
+            return Delivered {
+                outcome: Outcome::Failed,
+                retried: 0,
+            };
+        };
+        let m = &release.manifest;
+        let body = m
+            .note_for(&sub.locale)
+            .unwrap_or("A firmware update is available.")
+            .to_owned();
+        let msg = PushMessage::update_available(
+            sub.token.clone(),
+            &m.product,
+            &m.version.to_string(),
+            m.critical,
+            format!("{} {}", m.product, m.version),
+            body,
+        )
+        .with_ttl(self.ttl);
+        let delivery = {
+            let _permit = slot
+                .in_flight
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            send_with_retry(slot.provider.as_ref(), &msg, &self.policy).await
+        };
+        let retried = u64::from(delivery.attempts.saturating_sub(1));
+        self.metrics.retried[i].fetch_add(retried, Relaxed);
+        let outcome = match &delivery.outcome {
+            SendOutcome::Sent { .. } => {
+                self.metrics.sent[i].fetch_add(1, Relaxed);
+                Outcome::Sent
+            }
+            dead @ SendOutcome::DeadToken { .. } if dead.should_delete_token(sub.last_seen) => {
+                match self
+                    .store
+                    .remove_subscription(sub.provider, &sub.token)
+                    .await
+                {
+                    Ok(_) => {
+                        self.metrics.removed[i].fetch_add(1, Relaxed);
+                        Outcome::Removed
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not delete a dead token; the next job will try again");
+                        self.metrics.failed[i].fetch_add(1, Relaxed);
+                        Outcome::Failed
+                    }
+                }
+            }
+            SendOutcome::Fatal { reason } => {
+                self.metrics.failed[i].fetch_add(1, Relaxed);
+                Outcome::Fatal(format!("{}: {reason}", slot.provider.name()))
+            }
+            _ => {
+                self.metrics.failed[i].fetch_add(1, Relaxed);
+                Outcome::Failed
+            }
+        };
+        Delivered { outcome, retried }
+    }
+}
+
+enum Outcome {
+    Sent,
+    Removed,
+    Failed,
+    Fatal(String),
+}
+
+struct Delivered {
+    outcome: Outcome,
+    retried: u64,
+}

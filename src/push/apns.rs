@@ -1,0 +1,522 @@
+//! APNs sender: `POST {base_url}/3/device/{token}` over HTTP/2 + TLS with a
+//! provider token (JWT ES256 signed by the team's .p8 key).
+//!
+//! One [`ApnsProvider`] holds one HTTP/2 client (Apple wants long-lived
+//! connections, many streams on each) and one provider token behind a lock,
+//! re-signed every [`TOKEN_REFRESH_AFTER`] and shared by every send in
+//! flight. On `403 ExpiredProviderToken` the token is refreshed once (by the
+//! first send to see it; the others pick up the new one) and the send retried
+//! once.
+//!
+//! The JSON payload and the header values come from the `a2` crate's types;
+//! the HTTP is ours (reqwest, rustls).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use a2::request::notification::{
+    DefaultNotificationBuilder, NotificationBuilder, NotificationOptions,
+};
+use a2::request::payload::PayloadLike;
+use a2::{CollapseId, PushType};
+use anyhow::{anyhow, Context as _};
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::StatusCode;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    compact_jws, excerpt, parse_retry_after, pem_to_der, unix_now, ApnsSettings, Priority,
+    Provider, PushMessage, SendOutcome,
+};
+
+/// Age at which the provider token is re-signed. Apple rejects tokens older
+/// than an hour (`ExpiredProviderToken`) and refreshes more often than every
+/// 20 minutes (`TooManyProviderTokenUpdates`).
+pub const TOKEN_REFRESH_AFTER: Duration = Duration::from_secs(40 * 60);
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Signs APNs provider tokens: ES256 JWTs with `kid` = key id,
+/// `iss` = team id, `iat` = now.
+pub struct ApnsTokenSigner {
+    key: EcdsaKeyPair,
+    key_id: String,
+    team_id: String,
+    rng: SystemRandom,
+}
+
+impl ApnsTokenSigner {
+    /// From the team's `.p8` file contents (PEM, PKCS#8 EC P-256).
+    pub fn from_pkcs8_pem(pem: &str, key_id: &str, team_id: &str) -> anyhow::Result<Self> {
+        let der = pem_to_der(pem, "PRIVATE KEY").context("reading the APNs .p8 key")?;
+        let rng = SystemRandom::new();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng)
+            .map_err(|e| anyhow!("the APNs key is not a PKCS#8 EC P-256 key: {e}"))?;
+        if key_id.is_empty() || team_id.is_empty() {
+            anyhow::bail!("APNs key_id and team_id must be set");
+        }
+        Ok(ApnsTokenSigner {
+            key,
+            key_id: key_id.to_owned(),
+            team_id: team_id.to_owned(),
+            rng,
+        })
+    }
+
+    /// A provider token issued at `iat` (seconds since the epoch).
+    pub fn sign(&self, iat: u64) -> anyhow::Result<String> {
+        compact_jws(
+            &json!({"alg": "ES256", "kid": self.key_id}),
+            &json!({"iss": self.team_id, "iat": iat}),
+            |input| {
+                self.key
+                    .sign(&self.rng, input)
+                    .map(|sig| sig.as_ref().to_vec())
+                    .map_err(|_| anyhow!("ES256 signing failed"))
+            },
+        )
+    }
+}
+
+#[derive(Clone)]
+struct ProviderToken {
+    jwt: Arc<str>,
+    generation: u64,
+    minted: tokio::time::Instant,
+}
+
+/// The one cached provider token every send shares.
+struct ProviderTokens {
+    signer: ApnsTokenSigner,
+    refresh_after: Duration,
+    cached: Mutex<Option<ProviderToken>>,
+    signed: AtomicU64,
+}
+
+impl ProviderTokens {
+    fn new(signer: ApnsTokenSigner, refresh_after: Duration) -> Self {
+        ProviderTokens {
+            signer,
+            refresh_after,
+            cached: Mutex::new(None),
+            signed: AtomicU64::new(0),
+        }
+    }
+
+    /// The cached token, re-signed when it is `refresh_after` old.
+    fn current(&self) -> anyhow::Result<ProviderToken> {
+        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+        match cached.as_ref() {
+            Some(token) if token.minted.elapsed() < self.refresh_after => Ok(token.clone()),
+            _ => self.mint(&mut cached),
+        }
+    }
+
+    /// A new token to replace the one of `stale_generation` that APNs
+    /// called expired; when another send already replaced it, that one.
+    fn refresh(&self, stale_generation: u64) -> anyhow::Result<ProviderToken> {
+        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+        match cached.as_ref() {
+            Some(token) if token.generation != stale_generation => Ok(token.clone()),
+            _ => self.mint(&mut cached),
+        }
+    }
+
+    fn mint(&self, slot: &mut Option<ProviderToken>) -> anyhow::Result<ProviderToken> {
+        let jwt = self.signer.sign(unix_now())?;
+        self.signed.fetch_add(1, Ordering::Relaxed);
+        let token = ProviderToken {
+            jwt: jwt.into(),
+            generation: slot.as_ref().map_or(1, |t| t.generation + 1),
+            minted: tokio::time::Instant::now(),
+        };
+        *slot = Some(token.clone());
+        Ok(token)
+    }
+}
+
+/// The APNs [`Provider`].
+pub struct ApnsProvider {
+    client: reqwest::Client,
+    base_url: String,
+    topic: String,
+    tokens: ProviderTokens,
+}
+
+impl std::fmt::Debug for ApnsProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApnsProvider")
+            .field("base_url", &self.base_url)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApnsProvider {
+    /// From `[push.apns]`: reads `key_file` and, when set, `ca_file`.
+    pub fn from_settings(settings: &ApnsSettings) -> anyhow::Result<Self> {
+        let pem = std::fs::read_to_string(&settings.key_file)
+            .with_context(|| format!("reading APNs key {}", settings.key_file.display()))?;
+        let signer = ApnsTokenSigner::from_pkcs8_pem(&pem, &settings.key_id, &settings.team_id)?;
+        let ca =
+            if settings.ca_file.as_os_str().is_empty() {
+                None
+            } else {
+                Some(std::fs::read(&settings.ca_file).with_context(|| {
+                    format!("reading APNs ca_file {}", settings.ca_file.display())
+                })?)
+            };
+        Self::new(&settings.base_url, &settings.topic, signer, ca.as_deref())
+    }
+
+    /// `extra_root_pem`: PEM certificates trusted besides the web PKI roots.
+    pub fn new(
+        base_url: &str,
+        topic: &str,
+        signer: ApnsTokenSigner,
+        extra_root_pem: Option<&[u8]>,
+    ) -> anyhow::Result<Self> {
+        if topic.is_empty() {
+            anyhow::bail!("APNs topic (the app's bundle id) must be set");
+        }
+        HeaderValue::from_str(topic).context("APNs topic is not a valid header value")?;
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .http2_prior_knowledge()
+            .http2_keep_alive_interval(Duration::from_secs(60))
+            .http2_keep_alive_while_idle(true)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(600));
+        if let Some(pem) = extra_root_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .context("APNs ca_file is not PEM certificates")?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok(ApnsProvider {
+            client: builder.build().context("building the APNs HTTP/2 client")?,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            topic: topic.to_owned(),
+            tokens: ProviderTokens::new(signer, TOKEN_REFRESH_AFTER),
+        })
+    }
+
+    /// How many provider tokens this instance has signed (for metrics and
+    /// tests: about one per [`TOKEN_REFRESH_AFTER`], not one per send).
+    pub fn tokens_signed(&self) -> u64 {
+        self.tokens.signed.load(Ordering::Relaxed)
+    }
+
+    async fn post(&self, msg: &PushMessage, request: &ApnsRequest, jwt: &str) -> Answer {
+        let url = format!("{}/3/device/{}", self.base_url, msg.token);
+        let mut headers = request.headers.clone();
+        match HeaderValue::from_str(&format!("bearer {jwt}")) {
+            Ok(v) => headers.insert(AUTHORIZATION, v),
+            Err(_) => return Answer::Done(fatal("the provider token is not a header value")),
+        };
+        let response = match self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(request.payload.clone())
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(e) if e.is_builder() => {
+                return Answer::Done(fatal(format!("APNs request: {e}")));
+            }
+            Err(e) => {
+                return Answer::Done(SendOutcome::Retry {
+                    after: None,
+                    reason: format!("APNs unreachable: {e}"),
+                })
+            }
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        match response.text().await {
+            Ok(body) => classify(status, &headers, &body),
+            Err(e) => Answer::Done(SendOutcome::Retry {
+                after: None,
+                reason: format!("APNs response cut off: {e}"),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for ApnsProvider {
+    fn name(&self) -> &'static str {
+        "apns"
+    }
+
+    async fn send(&self, msg: &PushMessage) -> SendOutcome {
+        if !is_device_token(&msg.token) {
+            return SendOutcome::DeadToken {
+                reason: "malformed APNs device token (not hex)".into(),
+                since: None,
+            };
+        }
+        let request = match ApnsRequest::build(msg, &self.topic) {
+            Ok(request) => request,
+            Err(reason) => return fatal(reason),
+        };
+        let token = match self.tokens.current() {
+            Ok(token) => token,
+            Err(e) => return fatal(format!("signing the APNs provider token: {e:#}")),
+        };
+        match self.post(msg, &request, &token.jwt).await {
+            Answer::Done(outcome) => outcome,
+            Answer::ExpiredProviderToken => {
+                let token = match self.tokens.refresh(token.generation) {
+                    Ok(token) => token,
+                    Err(e) => return fatal(format!("signing the APNs provider token: {e:#}")),
+                };
+                match self.post(msg, &request, &token.jwt).await {
+                    Answer::Done(outcome) => outcome,
+                    Answer::ExpiredProviderToken => fatal(
+                        "APNs 403 ExpiredProviderToken right after a refresh: \
+                         check the clock and the key",
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn fatal(reason: impl Into<String>) -> SendOutcome {
+    SendOutcome::Fatal {
+        reason: reason.into(),
+    }
+}
+
+/// APNs device tokens are hex (64 digits today; Apple says not to assume
+/// the length). Anything else cannot be put in the path safely.
+fn is_device_token(token: &str) -> bool {
+    !token.is_empty() && token.len() <= 512 && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Body and headers (all but `authorization`) of one notification, built
+/// once and reused by the retry after a token refresh.
+struct ApnsRequest {
+    payload: Bytes,
+    headers: HeaderMap,
+}
+
+impl ApnsRequest {
+    fn build(msg: &PushMessage, topic: &str) -> Result<Self, String> {
+        let collapse_id = CollapseId::new(&msg.collapse_id).map_err(|e| e.to_string())?;
+        let expiration = if msg.expires_at <= Utc::now() {
+            0 // expired: deliver now or never, APNs does not store it
+        } else {
+            msg.expires_at.timestamp() as u64
+        };
+        let options = NotificationOptions {
+            apns_id: None,
+            apns_push_type: Some(PushType::Alert),
+            apns_expiration: Some(expiration),
+            apns_priority: Some(match msg.priority {
+                Priority::High => a2::Priority::High,
+                Priority::Normal => a2::Priority::Normal,
+            }),
+            apns_topic: Some(topic),
+            apns_collapse_id: Some(collapse_id),
+        };
+        let mut payload = DefaultNotificationBuilder::new()
+            .set_title(&msg.title)
+            .set_body(&msg.body)
+            .build(&msg.token, options);
+        for (key, value) in &msg.data {
+            if key == "aps" {
+                return Err("custom data may not use the key `aps`".into());
+            }
+            payload
+                .add_custom_data(key, value)
+                .map_err(|e| format!("APNs payload: {e}"))?;
+        }
+        let json = payload
+            .to_json_string()
+            .map_err(|e| format!("APNs payload: {e}"))?;
+
+        let options = payload.get_options();
+        let mut headers = HeaderMap::new();
+        let mut put = |name: &'static str, value: String| -> Result<(), String> {
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| format!("{name} is not a valid header value: {value:?}"))?;
+            headers.insert(name, value);
+            Ok(())
+        };
+        put("apns-topic", topic.to_owned())?;
+        if let Some(push_type) = options.apns_push_type {
+            put("apns-push-type", push_type.to_string())?;
+        }
+        if let Some(expiration) = options.apns_expiration {
+            put("apns-expiration", expiration.to_string())?;
+        }
+        if let Some(priority) = &options.apns_priority {
+            put("apns-priority", priority.to_string())?;
+        }
+        if let Some(collapse_id) = &options.apns_collapse_id {
+            put("apns-collapse-id", collapse_id.value.to_owned())?;
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Ok(ApnsRequest {
+            payload: Bytes::from(json),
+            headers,
+        })
+    }
+}
+
+enum Answer {
+    Done(SendOutcome),
+    /// 403 ExpiredProviderToken: refresh the token and send again, once.
+    ExpiredProviderToken,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    reason: String,
+    /// Milliseconds since the epoch (410 only).
+    #[serde(default)]
+    timestamp: Option<serde_json::Value>,
+}
+
+/// APNs status and `reason` to an outcome. See Apple's "Handling
+/// notification responses from APNs".
+fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Answer {
+    let apns_id = headers
+        .get("apns-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if status.is_success() {
+        return Answer::Done(SendOutcome::Sent { id: apns_id });
+    }
+    let error: ErrorBody = serde_json::from_str(body).unwrap_or_default();
+    let reason = if error.reason.is_empty() {
+        format!("{status} {}", excerpt(body))
+    } else {
+        error.reason.clone()
+    };
+    let outcome = match (status.as_u16(), error.reason.as_str()) {
+        (403, "ExpiredProviderToken") => return Answer::ExpiredProviderToken,
+        // Unregistered (and ExpiredToken): dead since `timestamp`.
+        (410, _) => SendOutcome::DeadToken {
+            reason,
+            since: error.timestamp.as_ref().and_then(millis_to_time),
+        },
+        (400, "BadDeviceToken") => SendOutcome::DeadToken {
+            reason,
+            since: None,
+        },
+        // TooManyRequests (to this device), TooManyProviderTokenUpdates.
+        (429, _) => SendOutcome::Retry {
+            after: parse_retry_after(headers),
+            reason,
+        },
+        // InternalServerError, ServiceUnavailable, Shutdown.
+        (500..=599, _) => SendOutcome::Retry {
+            after: parse_retry_after(headers),
+            reason,
+        },
+        // PayloadTooLarge, Bad*, Missing*, TopicDisallowed, InvalidProviderToken,
+        // Forbidden, BadPath, ...: our payload, configuration or credentials.
+        (code, _) => SendOutcome::Fatal {
+            reason: format!("APNs {code} {reason}"),
+        },
+    };
+    Answer::Done(outcome)
+}
+
+fn millis_to_time(value: &serde_json::Value) -> Option<DateTime<Utc>> {
+    let millis = match value {
+        serde_json::Value::Number(n) => n.as_i64()?,
+        serde_json::Value::String(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    DateTime::from_timestamp_millis(millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+
+    fn test_signer() -> ApnsTokenSigner {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            STANDARD.encode(pkcs8.as_ref())
+        );
+        ApnsTokenSigner::from_pkcs8_pem(&pem, "KEYID12345", "TEAMID1234").unwrap()
+    }
+
+    #[tokio::test]
+    async fn provider_token_is_cached_and_re_signed_at_forty_minutes() {
+        tokio::time::pause();
+        let tokens = ProviderTokens::new(test_signer(), TOKEN_REFRESH_AFTER);
+        let first = tokens.current().unwrap();
+        tokio::time::advance(Duration::from_secs(39 * 60)).await;
+        assert_eq!(tokens.current().unwrap().jwt, first.jwt);
+        assert_eq!(tokens.signed.load(Ordering::Relaxed), 1);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let second = tokens.current().unwrap();
+        assert_ne!(second.jwt, first.jwt);
+        assert_eq!(second.generation, first.generation + 1);
+        assert_eq!(tokens.signed.load(Ordering::Relaxed), 2);
+        assert!(TOKEN_REFRESH_AFTER >= Duration::from_secs(20 * 60));
+        assert!(TOKEN_REFRESH_AFTER < Duration::from_secs(60 * 60));
+    }
+
+    #[test]
+    fn concurrent_refreshes_of_one_stale_token_sign_once() {
+        let tokens = ProviderTokens::new(test_signer(), TOKEN_REFRESH_AFTER);
+        let stale = tokens.current().unwrap();
+        let a = tokens.refresh(stale.generation).unwrap();
+        let b = tokens.refresh(stale.generation).unwrap();
+        assert_eq!(a.jwt, b.jwt);
+        assert_ne!(a.jwt, stale.jwt);
+        assert_eq!(tokens.signed.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn payload_and_headers_follow_apns_shape() {
+        let msg = PushMessage::update_available("ab12", "WH-1000XM5", "2.2.0", true, "T", "B");
+        let request = ApnsRequest::build(&msg, "com.example.app").unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&request.payload).unwrap();
+        assert_eq!(json["aps"]["alert"], json!({"title": "T", "body": "B"}));
+        assert_eq!(json["product"], "WH-1000XM5");
+        assert_eq!(json["version"], "2.2.0");
+        assert_eq!(json["critical"], "true");
+        let h = &request.headers;
+        assert_eq!(h["apns-topic"], "com.example.app");
+        assert_eq!(h["apns-push-type"], "alert");
+        assert_eq!(h["apns-priority"], "10");
+        assert_eq!(h["apns-collapse-id"], "fw.WH-1000XM5");
+        let expiration: i64 = h["apns-expiration"].to_str().unwrap().parse().unwrap();
+        assert_eq!(expiration, msg.expires_at.timestamp());
+    }
+
+    #[test]
+    fn oversized_collapse_id_and_aps_data_key_are_fatal_locally() {
+        let mut msg = PushMessage::update_available("ab12", "P", "1.0.0", false, "T", "B");
+        msg.collapse_id = "x".repeat(65);
+        assert!(ApnsRequest::build(&msg, "t").is_err());
+        let mut msg = PushMessage::update_available("ab12", "P", "1.0.0", false, "T", "B");
+        msg.data.insert("aps".into(), "x".into());
+        assert!(ApnsRequest::build(&msg, "t").is_err());
+    }
+}

@@ -1,0 +1,525 @@
+//! FCM sender: the HTTP v1 API,
+//! `POST {base_url}/v1/projects/{project_id}/messages:send`, with an OAuth2
+//! access token from the service account's `token_uri` (JWT-bearer grant,
+//! RS256 assertion signed by the account's key).
+//!
+//! One [`FcmProvider`] holds one HTTP client and one access token, fetched by
+//! the first send that needs it (the others wait for it rather than fetching
+//! their own) and reused until shortly before `expires_in`. A 401 refreshes
+//! it once and retries once; a second 401 is a credential error.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use async_trait::async_trait;
+use chrono::Utc;
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use ring::rand::SystemRandom;
+use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    compact_jws, excerpt, parse_retry_after, pem_to_der, unix_now, FcmSettings, Priority, Provider,
+    PushMessage, SendOutcome,
+};
+
+/// The OAuth2 scope for sending with the v1 API.
+pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+/// Google's token endpoint, when a service account names none.
+pub const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+/// FCM keeps a message at most 28 days.
+pub const MAX_TTL: Duration = Duration::from_secs(28 * 24 * 3600);
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const ASSERTION_LIFETIME_SECS: u64 = 3600;
+/// Refresh this long before the access token expires (at most half its life).
+const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The fields of a service-account JSON key file that the sender needs.
+#[derive(Clone, Deserialize)]
+pub struct ServiceAccount {
+    pub project_id: String,
+    pub client_email: String,
+    pub private_key: String,
+    #[serde(default)]
+    pub private_key_id: Option<String>,
+    #[serde(default = "default_token_uri")]
+    pub token_uri: String,
+}
+
+impl std::fmt::Debug for ServiceAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccount")
+            .field("project_id", &self.project_id)
+            .field("client_email", &self.client_email)
+            .field("token_uri", &self.token_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_token_uri() -> String {
+    DEFAULT_TOKEN_URI.to_owned()
+}
+
+impl ServiceAccount {
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading FCM service account {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a service-account JSON key", path.display()))
+    }
+}
+
+/// Signs the JWT-bearer assertions that buy access tokens.
+struct AssertionSigner {
+    key: RsaKeyPair,
+    key_id: Option<String>,
+    client_email: String,
+    token_uri: String,
+    rng: SystemRandom,
+}
+
+impl AssertionSigner {
+    fn new(account: &ServiceAccount) -> anyhow::Result<Self> {
+        let der = pem_to_der(&account.private_key, "PRIVATE KEY")
+            .context("reading the service account's private_key")?;
+        let key = RsaKeyPair::from_pkcs8(&der).map_err(|e| {
+            anyhow!("the service account's private_key is not a PKCS#8 RSA key: {e}")
+        })?;
+        Ok(AssertionSigner {
+            key,
+            key_id: account.private_key_id.clone(),
+            client_email: account.client_email.clone(),
+            token_uri: account.token_uri.clone(),
+            rng: SystemRandom::new(),
+        })
+    }
+
+    fn sign(&self, iat: u64) -> anyhow::Result<String> {
+        let mut header = json!({"alg": "RS256", "typ": "JWT"});
+        if let Some(kid) = &self.key_id {
+            header["kid"] = json!(kid);
+        }
+        let claims = json!({
+            "iss": self.client_email,
+            "scope": FCM_SCOPE,
+            "aud": self.token_uri,
+            "iat": iat,
+            "exp": iat + ASSERTION_LIFETIME_SECS,
+        });
+        compact_jws(&header, &claims, |input| {
+            let mut signature = vec![0; self.key.public().modulus_len()];
+            self.key
+                .sign(&RSA_PKCS1_SHA256, &self.rng, input, &mut signature)
+                .map_err(|_| anyhow!("RS256 signing failed"))?;
+            Ok(signature)
+        })
+    }
+}
+
+#[derive(Clone)]
+struct AccessToken {
+    value: Arc<str>,
+    generation: u64,
+    refresh_at: tokio::time::Instant,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// The FCM [`Provider`].
+pub struct FcmProvider {
+    client: reqwest::Client,
+    send_url: String,
+    signer: AssertionSigner,
+    token: tokio::sync::Mutex<Option<AccessToken>>,
+    fetched: AtomicU64,
+}
+
+impl std::fmt::Debug for FcmProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FcmProvider")
+            .field("send_url", &self.send_url)
+            .field("token_uri", &self.signer.token_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FcmProvider {
+    /// From `[push.fcm]`: reads `service_account_file`.
+    pub fn from_settings(settings: &FcmSettings) -> anyhow::Result<Self> {
+        let account = ServiceAccount::from_file(&settings.service_account_file)?;
+        Self::new(&settings.base_url, &account)
+    }
+
+    pub fn new(base_url: &str, account: &ServiceAccount) -> anyhow::Result<Self> {
+        if account.project_id.is_empty() || account.client_email.is_empty() {
+            anyhow::bail!("the service account has no project_id or client_email");
+        }
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .context("building the FCM HTTP client")?;
+        Ok(FcmProvider {
+            client,
+            send_url: format!(
+                "{}/v1/projects/{}/messages:send",
+                base_url.trim_end_matches('/'),
+                account.project_id
+            ),
+            signer: AssertionSigner::new(account)?,
+            token: tokio::sync::Mutex::new(None),
+            fetched: AtomicU64::new(0),
+        })
+    }
+
+    /// How many access tokens this instance has fetched (for metrics and
+    /// tests: one per token lifetime, not one per send).
+    pub fn access_tokens_fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+
+    /// The cached access token, fetched when missing or about to expire.
+    async fn access_token(&self) -> Result<AccessToken, SendOutcome> {
+        let mut slot = self.token.lock().await;
+        match slot.as_ref() {
+            Some(token) if tokio::time::Instant::now() < token.refresh_at => Ok(token.clone()),
+            _ => self.fetch(&mut slot).await,
+        }
+    }
+
+    /// A new access token to replace the one of `stale_generation` that FCM
+    /// rejected; when another send already replaced it, that one.
+    async fn refresh_access_token(
+        &self,
+        stale_generation: u64,
+    ) -> Result<AccessToken, SendOutcome> {
+        let mut slot = self.token.lock().await;
+        match slot.as_ref() {
+            Some(token)
+                if token.generation != stale_generation
+                    && tokio::time::Instant::now() < token.refresh_at =>
+            {
+                Ok(token.clone())
+            }
+            _ => self.fetch(&mut slot).await,
+        }
+    }
+
+    async fn fetch(&self, slot: &mut Option<AccessToken>) -> Result<AccessToken, SendOutcome> {
+        let assertion = self
+            .signer
+            .sign(unix_now())
+            .map_err(|e| fatal(format!("signing the OAuth assertion: {e:#}")))?;
+        let response = self
+            .client
+            .post(&self.signer.token_uri)
+            .form(&[
+                ("grant_type", JWT_BEARER),
+                ("assertion", assertion.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_builder() {
+                    fatal(format!("OAuth token request: {e}"))
+                } else {
+                    SendOutcome::Retry {
+                        after: None,
+                        reason: format!("OAuth token endpoint unreachable: {e}"),
+                    }
+                }
+            })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.text().await.map_err(|e| SendOutcome::Retry {
+            after: None,
+            reason: format!("OAuth token response cut off: {e}"),
+        })?;
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Err(SendOutcome::Retry {
+                after: parse_retry_after(&headers),
+                reason: format!("OAuth token endpoint {status}"),
+            });
+        }
+        if !status.is_success() {
+            // invalid_grant (bad key, unknown account, clock), invalid_scope, ...
+            return Err(fatal(format!(
+                "OAuth token endpoint refused the service account: {status} {}",
+                excerpt(&body)
+            )));
+        }
+        let parsed: TokenResponse =
+            serde_json::from_str(&body).map_err(|e| fatal(format!("OAuth token response: {e}")))?;
+        if parsed.access_token.is_empty() {
+            return Err(fatal("OAuth token response without access_token"));
+        }
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(ASSERTION_LIFETIME_SECS));
+        let token = AccessToken {
+            value: parsed.access_token.into(),
+            generation: slot.as_ref().map_or(1, |t| t.generation + 1),
+            refresh_at: tokio::time::Instant::now() + lifetime - REFRESH_MARGIN.min(lifetime / 2),
+        };
+        self.fetched.fetch_add(1, Ordering::Relaxed);
+        *slot = Some(token.clone());
+        Ok(token)
+    }
+
+    async fn post(&self, body: &Value, access_token: &str) -> Answer {
+        let response = match self
+            .client
+            .post(&self.send_url)
+            .bearer_auth(access_token)
+            .json(body)
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(e) if e.is_builder() => return Answer::Done(fatal(format!("FCM request: {e}"))),
+            Err(e) => {
+                return Answer::Done(SendOutcome::Retry {
+                    after: None,
+                    reason: format!("FCM unreachable: {e}"),
+                })
+            }
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        match response.text().await {
+            Ok(text) => classify(status, &headers, &text),
+            Err(e) => Answer::Done(SendOutcome::Retry {
+                after: None,
+                reason: format!("FCM response cut off: {e}"),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for FcmProvider {
+    fn name(&self) -> &'static str {
+        "fcm"
+    }
+
+    async fn send(&self, msg: &PushMessage) -> SendOutcome {
+        if msg.token.is_empty() {
+            return SendOutcome::DeadToken {
+                reason: "empty FCM registration token".into(),
+                since: None,
+            };
+        }
+        let body = match message_body(msg) {
+            Ok(body) => body,
+            Err(reason) => return fatal(reason),
+        };
+        let token = match self.access_token().await {
+            Ok(token) => token,
+            Err(outcome) => return outcome,
+        };
+        match self.post(&body, &token.value).await {
+            Answer::Done(outcome) => outcome,
+            Answer::Unauthenticated(_) => {
+                let token = match self.refresh_access_token(token.generation).await {
+                    Ok(token) => token,
+                    Err(outcome) => return outcome,
+                };
+                match self.post(&body, &token.value).await {
+                    Answer::Done(outcome) => outcome,
+                    Answer::Unauthenticated(reason) => {
+                        fatal(format!("FCM 401 with a fresh access token: {reason}"))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn fatal(reason: impl Into<String>) -> SendOutcome {
+    SendOutcome::Fatal {
+        reason: reason.into(),
+    }
+}
+
+/// The v1 `messages:send` body.
+fn message_body(msg: &PushMessage) -> Result<Value, String> {
+    let ttl = msg.ttl_remaining(Utc::now()).min(MAX_TTL);
+    let expiration = if ttl.is_zero() {
+        0
+    } else {
+        msg.expires_at.timestamp()
+    };
+    let (android_priority, apns_priority) = match msg.priority {
+        Priority::High => ("HIGH", "10"),
+        Priority::Normal => ("NORMAL", "5"),
+    };
+    if msg.collapse_id.len() > super::MAX_COLLAPSE_ID_BYTES {
+        return Err(format!(
+            "collapse id longer than {} bytes",
+            super::MAX_COLLAPSE_ID_BYTES
+        ));
+    }
+    Ok(json!({
+        "message": {
+            "token": msg.token,
+            "notification": {"title": msg.title, "body": msg.body},
+            "data": msg.data,
+            "android": {
+                "ttl": format!("{}s", ttl.as_secs()),
+                "priority": android_priority,
+                // Collapses pending messages on FCM's side ...
+                "collapse_key": msg.collapse_id,
+                // ... and replaces a notice already shown on the device.
+                "notification": {"tag": msg.collapse_id},
+            },
+            "apns": {
+                "headers": {
+                    "apns-collapse-id": msg.collapse_id,
+                    "apns-expiration": expiration.to_string(),
+                    "apns-priority": apns_priority,
+                    "apns-push-type": "alert",
+                },
+            },
+        }
+    }))
+}
+
+enum Answer {
+    Done(SendOutcome),
+    /// 401: the access token was refused; refresh it and send again, once.
+    Unauthenticated(String),
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorEnvelope {
+    #[serde(default)]
+    error: GoogleError,
+}
+
+#[derive(Deserialize, Default)]
+struct GoogleError {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    details: Vec<ErrorDetail>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorDetail {
+    #[serde(default, rename = "errorCode")]
+    error_code: Option<String>,
+    #[serde(default, rename = "fieldViolations")]
+    field_violations: Vec<FieldViolation>,
+}
+
+#[derive(Deserialize, Default)]
+struct FieldViolation {
+    #[serde(default)]
+    field: String,
+}
+
+/// Status and v1 error body to an outcome. See Google's `ErrorCode`
+/// reference for FCM v1.
+fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Answer {
+    if status.is_success() {
+        let id = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_owned));
+        return Answer::Done(SendOutcome::Sent { id });
+    }
+    let envelope: ErrorEnvelope = serde_json::from_str(body).unwrap_or_default();
+    let error = envelope.error;
+    let code = error
+        .details
+        .iter()
+        .find_map(|d| d.error_code.clone())
+        .unwrap_or_else(|| error.status.clone());
+    let reason = if error.message.is_empty() {
+        format!("{status} {code} {}", excerpt(body))
+    } else {
+        format!("{code}: {}", error.message)
+    };
+    let bad_token_field = error
+        .details
+        .iter()
+        .flat_map(|d| &d.field_violations)
+        .any(|v| v.field == "message.token");
+    let retry = |reason: String| SendOutcome::Retry {
+        after: parse_retry_after(headers),
+        reason,
+    };
+    let outcome = match code.as_str() {
+        "UNREGISTERED" | "SENDER_ID_MISMATCH" => SendOutcome::DeadToken {
+            reason,
+            since: None,
+        },
+        // A malformed registration token is as dead as an unregistered one;
+        // any other invalid argument is our payload's fault.
+        "INVALID_ARGUMENT" if bad_token_field => SendOutcome::DeadToken {
+            reason,
+            since: None,
+        },
+        "QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL" => retry(reason),
+        // The APNs certificate or key uploaded to Firebase was refused.
+        "THIRD_PARTY_AUTH_ERROR" => fatal(reason),
+        _ if status == StatusCode::UNAUTHORIZED => return Answer::Unauthenticated(reason),
+        _ if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => retry(reason),
+        // INVALID_ARGUMENT, PERMISSION_DENIED (403), NOT_FOUND project, ...
+        _ => fatal(format!("FCM {}: {reason}", status.as_u16())),
+    };
+    Answer::Done(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_body_follows_v1_shape() {
+        let msg = PushMessage::update_available("tok", "WH-1000XM5", "2.2.0", false, "T", "B")
+            .with_ttl(Duration::from_secs(3600));
+        let body = message_body(&msg).unwrap();
+        let m = &body["message"];
+        assert_eq!(m["token"], "tok");
+        assert_eq!(m["notification"], json!({"title": "T", "body": "B"}));
+        assert_eq!(
+            m["data"],
+            json!({"product": "WH-1000XM5", "version": "2.2.0", "critical": "false"})
+        );
+        let ttl: u64 = m["android"]["ttl"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches('s')
+            .parse()
+            .unwrap();
+        assert!((3590..=3600).contains(&ttl), "{ttl}");
+        assert_eq!(m["android"]["priority"], "NORMAL");
+        assert_eq!(m["android"]["collapse_key"], "fw.WH-1000XM5");
+        assert_eq!(m["android"]["notification"]["tag"], "fw.WH-1000XM5");
+        assert_eq!(m["apns"]["headers"]["apns-collapse-id"], "fw.WH-1000XM5");
+        assert_eq!(m["apns"]["headers"]["apns-priority"], "5");
+    }
+
+    #[test]
+    fn ttl_is_capped_at_28_days() {
+        let msg = PushMessage::update_available("tok", "P", "1.0.0", true, "T", "B")
+            .with_ttl(Duration::from_secs(90 * 24 * 3600));
+        let body = message_body(&msg).unwrap();
+        assert_eq!(body["message"]["android"]["ttl"], "2419200s");
+        assert_eq!(body["message"]["android"]["priority"], "HIGH");
+    }
+}
