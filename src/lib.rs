@@ -6,8 +6,12 @@
 //! - [`api`]: warp filters and handlers: updates, artifacts, admin, ops.
 //! - [`catalog`]: the in-memory snapshot the update check reads, swapped
 //!   atomically; offer selection, staged rollout, freshness statements.
-//! - [`state`]: `StateStore` (releases, rollout state, audit): embedded (redb).
-//! - [`blob`]: `BlobStore` (firmware bytes by sha256): local directory.
+//! - [`state`]: `StateStore` (releases, rollout state, audit): embedded
+//!   (redb) or Redis; one conformance suite for both.
+//! - [`blob`]: `BlobStore` (firmware bytes by sha256): local directory or S3.
+//! - [`push`]: the APNs (HTTP/2, ES256 JWT) and FCM v1 (OAuth2) providers.
+//! - [`fanout`]: push subscriptions, notification jobs, the durable batch
+//!   queue and the workers that drain it.
 //! - [`config`]: layered typed settings; [`error`]: `ApiError` at the edge.
 //! - [`metrics`], [`privacy`]: counters without client data; IP prefixes.
 //! - [`cli`]: the `firmcast` commands; thin wrappers over the library.

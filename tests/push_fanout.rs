@@ -379,3 +379,103 @@ async fn credential_errors_stop_the_job_and_keep_tokens() {
     assert!(m.contains("firmcast_push_jobs_fatal_total 1"), "{m}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_to_100k_tokens_has_exact_counters() {
+    use futures_util::StreamExt;
+    let f = fakes().await;
+    let app = spawn_app_with(&f.config).await;
+    let n = 50_000; // per provider
+    let started = Instant::now();
+    futures_util::stream::iter(0..2 * n)
+        .map(|i| {
+            let app = &app;
+            async move {
+                let (provider, token) = if i % 2 == 0 {
+                    ("apns", apns_token(i / 2))
+                } else {
+                    ("fcm", fcm_token(i / 2))
+                };
+                let r = subscribe(app, provider, &token, &["Big"], "en").await;
+                assert_eq!(r.status(), 200);
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    eprintln!("100k subscriptions in {:?}", started.elapsed());
+    for i in [7, 70, 700] {
+        f.apns
+            .fail_always(&apns_token(i), ApnsFault::BadDeviceToken);
+        f.fcm.fail_always(&fcm_token(i), FcmFault::Unregistered);
+    }
+    let fw = firmware(100, 1);
+    app.publish(&Rel::new("Big", "1.0.0", 1, &fw), 100.0).await;
+    let started = Instant::now();
+    let id = notify(&app, "Big", "1.0.0", json!({}))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["job"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let j = wait_done(&app, &id).await;
+    eprintln!("100k fan-out in {:?}: {j}", started.elapsed());
+    assert_eq!(j["state"], "done", "{j}");
+    assert_eq!(j["total"], 2 * n);
+    assert_eq!(j["sent"], 2 * n - 6);
+    assert_eq!(j["removed"], 6);
+    assert_eq!(j["failed"], 0);
+    assert_eq!(
+        f.apns.total_requests() + f.fcm.send_requests(),
+        2 * n as usize
+    );
+    let dry: Value = notify(&app, "Big", "1.0.0", json!({"dry_run": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dry["total"], 2 * n - 6, "dead tokens are gone");
+
+    // The CLI sees the same job.
+    let show = support::cli::firmcast(
+        app.dir.path(),
+        &[
+            "job",
+            "show",
+            &id,
+            "--server",
+            &app.url,
+            "--token",
+            support::app::ADMIN_TOKEN,
+        ],
+    )
+    .ok();
+    assert!(
+        show.stdout.contains("done") && show.stdout.contains(&format!("sent {}", 2 * n - 6)),
+        "{}",
+        show.stdout
+    );
+    let dry = support::cli::firmcast(
+        app.dir.path(),
+        &[
+            "release",
+            "notify",
+            "Big",
+            "1.0.0",
+            "--dry-run",
+            "--server",
+            &app.url,
+            "--token",
+            support::app::ADMIN_TOKEN,
+        ],
+    )
+    .ok();
+    assert!(
+        dry.stdout.contains(&format!("{} subscriber(s)", 2 * n - 6)),
+        "{}",
+        dry.stdout
+    );
+    app.stop().await;
+}

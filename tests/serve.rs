@@ -80,3 +80,67 @@ fn env_overrides_config() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_upload_leaves_no_partial_artifact() {
+    use futures_util::StreamExt;
+    let mut server = support::server::spawn_server();
+    let url = format!("{}/v1/admin/artifacts/P/1.0.0", server.url);
+    // A body that sends 2 MiB, then stalls forever.
+    let body = futures_util::stream::iter(
+        (0..2).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; 1 << 20]))),
+    )
+    .chain(futures_util::stream::pending());
+    let client = reqwest::Client::new();
+    let upload = tokio::spawn(
+        client
+            .put(url)
+            .bearer_auth(&server.token)
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(body))
+            .send(),
+    );
+    let tmp = server.dir.path().join("data/blobs/tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let written: u64 = std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        if written > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never reached the disk"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.kill();
+    upload.abort();
+    let restarted = support::server::ServeProcess::start(server.dir.path(), "config.toml", &[]);
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "partial upload cleaned at start"
+    );
+    let blobs: Vec<_> = walk(&server.dir.path().join("data/blobs/sha256"));
+    assert!(blobs.is_empty(), "no partial artifact stored: {blobs:?}");
+    let r = reqwest::get(format!("{}/readyz", restarted.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}

@@ -23,6 +23,13 @@ impl LocalBlobStore {
             std::fs::create_dir_all(&d)
                 .map_err(|e| BlobError::Io(format!("cannot create {}: {e}", d.display())))?;
         }
+        // Uploads cut off by a crash left their temp files: nothing refers
+        // to them, and this store has a single owner.
+        if let Ok(entries) = std::fs::read_dir(root.join("tmp")) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         Ok(LocalBlobStore {
             root: root.to_owned(),
         })

@@ -6,6 +6,7 @@ mod admin_releases;
 mod check;
 mod client;
 mod keys;
+mod notify;
 mod release;
 mod serve;
 mod state;
@@ -56,6 +57,21 @@ pub enum Command {
     ///   firmcast state import --config redis.toml --in state.jsonl
     #[command(subcommand)]
     State(state::StateCommand),
+    /// Follow or cancel a notification job.
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Show a job's state and counters.
+    ///
+    /// Example: firmcast job show 3f2a... --server https://updates.example.com
+    Show(notify::JobArgs),
+    /// Stop a job: batches not yet sent are dropped.
+    ///
+    /// Example: firmcast job cancel 3f2a... --server https://updates.example.com
+    Cancel(notify::JobArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -67,6 +83,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(cmd) => admin::run(cmd),
         Command::Check(args) => check::run(args),
         Command::State(cmd) => state::run(cmd),
+        Command::Job(JobCommand::Show(a)) => notify::show(a),
+        Command::Job(JobCommand::Cancel(a)) => notify::cancel(a),
     }
 }
 

@@ -46,6 +46,10 @@ pub enum ReleaseCommand {
     ///
     /// Example: firmcast release yank WH-1000XM5 2.2.0 --server https://updates.example.com
     Yank(admin_releases::TargetArgs),
+    /// Tell the release's push subscribers an update is available.
+    ///
+    /// Example: firmcast release notify WH-1000XM5 2.2.0 --wait --server https://updates.example.com
+    Notify(super::notify::NotifyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -91,6 +95,7 @@ pub fn run(cmd: ReleaseCommand) -> Result<ExitCode> {
         ReleaseCommand::Pause(args) => admin_releases::pause(args),
         ReleaseCommand::Resume(args) => admin_releases::resume(args),
         ReleaseCommand::Yank(args) => admin_releases::yank(args),
+        ReleaseCommand::Notify(args) => super::notify::notify(args),
     }
 }
 

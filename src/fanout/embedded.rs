@@ -129,7 +129,11 @@ impl PushStore for EmbeddedPushStore {
         let sub = sub.clone();
         self.run(move |db| {
             let member = member_key(sub.provider, &sub.token);
-            let txn = db.begin_write().map_err(err)?;
+            let mut txn = db.begin_write().map_err(err)?;
+            // Apps re-register at every start, so a registration lost to a
+            // crash comes back by itself; an fsync per registration would cap
+            // a launch-day flood at the disk's sync rate.
+            txn.set_durability(redb::Durability::Eventual);
             remove_sub(&txn, &member)?;
             {
                 let mut subs = txn.open_table(SUBS).map_err(err)?;

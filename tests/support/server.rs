@@ -13,6 +13,14 @@ pub struct TestServer {
     child: Child,
 }
 
+impl TestServer {
+    /// SIGKILL, as a crash; the directory stays for a restart.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
