@@ -427,10 +427,7 @@ async fn fan_out_to_100k_tokens_has_exact_counters() {
     assert_eq!(j["sent"], 2 * n - 6);
     assert_eq!(j["removed"], 6);
     assert_eq!(j["failed"], 0);
-    assert_eq!(
-        f.apns.total_requests() + f.fcm.send_requests(),
-        2 * n as usize
-    );
+    assert_eq!(f.apns.total_requests() + f.fcm.send_requests(), 2 * n);
     let dry: Value = notify(&app, "Big", "1.0.0", json!({"dry_run": true}))
         .await
         .json()
@@ -476,6 +473,57 @@ async fn fan_out_to_100k_tokens_has_exact_counters() {
         dry.stdout.contains(&format!("{} subscriber(s)", 2 * n - 6)),
         "{}",
         dry.stdout
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_stops_sending() {
+    let f = fakes().await;
+    let app = spawn_app_with(
+        &f.config
+            .replacen("workers = 4", "workers = 1\nin_flight = 2", 1),
+    )
+    .await;
+    let fw = firmware(100, 1);
+    app.publish(&Rel::new("Slow", "1.0.0", 1, &fw), 100.0).await;
+    let n = 1500;
+    for i in 0..n {
+        subscribe(&app, "fcm", &fcm_token(i), &["Slow"], "en").await;
+        f.fcm
+            .fail_always(&fcm_token(i), FcmFault::Delay(Duration::from_millis(20)));
+    }
+    let id = notify(&app, "Slow", "1.0.0", json!({}))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["job"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    while f.fcm.send_requests() < 10 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = app
+        .client
+        .delete(format!("{}/v1/admin/jobs/{id}", app.url))
+        .bearer_auth(PUBLISHER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "cancelled");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let j = job(&app, &id).await;
+    assert_eq!(
+        j["state"], "cancelled",
+        "a late batch does not un-cancel: {j}"
+    );
+    // The batch in flight may finish; the other batches are never sent.
+    assert!(
+        f.fcm.send_requests() <= 500,
+        "{} sends after cancel",
+        f.fcm.send_requests()
     );
     app.stop().await;
 }

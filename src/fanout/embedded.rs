@@ -410,7 +410,15 @@ impl PushStore for EmbeddedPushStore {
             if !removed {
                 return Ok(None);
             }
-            let mut job = load_job(&txn, &claimed.batch.job_id)?;
+            let mut job = match load_job(&txn, &claimed.batch.job_id) {
+                Ok(job) => job,
+                // The job is gone: the batch just leaves the queue.
+                Err(StateError::NotFound { .. }) => {
+                    txn.commit().map_err(err)?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
             let c = &mut job.counters;
             c.sent += delta.sent;
             c.failed += delta.failed;

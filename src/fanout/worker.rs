@@ -2,7 +2,7 @@
 //! shared queue, sends to the batch's current subscribers through the
 //! providers (in-flight sends bounded per provider), and completes the batch
 //! with its counters in one atomic step. A crashed worker's batch is claimed
-//! by another after `STALE`, so nobody is missed; at most that one batch is
+//! by another after `push.stale_batch_secs`, so nobody is missed; at most that one batch is
 //! sent twice, and the per-product collapse id keeps the phone from showing
 //! it twice.
 
@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// A claimed batch untouched this long is taken over: its worker died.
-pub const STALE: Duration = Duration::from_secs(60);
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
 pub struct ProviderSlot {
@@ -79,6 +77,8 @@ pub struct Fanout {
     pub metrics: FanoutMetrics,
     /// Unique per process: the queue's consumer name.
     pub consumer: String,
+    /// A batch claimed this long ago and not completed is taken over.
+    pub stale: Duration,
 }
 
 impl Fanout {
@@ -94,10 +94,10 @@ impl Fanout {
 
     async fn work(&self, catalog: &Catalog) {
         loop {
-            match self.store.claim(&self.consumer, STALE).await {
+            match self.store.claim(&self.consumer, self.stale).await {
                 Ok(Some(claimed)) => {
                     if let Err(e) = self.process(catalog, &claimed).await {
-                        // Not acknowledged: another worker retries it after STALE.
+                        // Not completed: a worker takes it over after `stale`.
                         tracing::warn!(error = %e, job = %claimed.batch.job_id, "batch failed; it will be retried");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }

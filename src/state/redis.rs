@@ -208,6 +208,19 @@ impl RedisStateStore {
     }
 }
 
+impl RedisStateStore {
+    /// Runs one operation under this store's deadline and reconnect
+    /// handling (see the module docs). For other stores kept in the same
+    /// Redis (the push store), so they fail and recover exactly alike.
+    pub(crate) async fn run<'a, T, F, Fut>(&'a self, op: F) -> Result<T, StateError>
+    where
+        F: FnOnce(Conn<'a>) -> Fut,
+        Fut: Future<Output = Result<T, StateError>>,
+    {
+        self.inner.run(op).await
+    }
+}
+
 fn lazy_manager(
     client: &redis::Client,
     config: &ConnectionManagerConfig,
@@ -266,24 +279,38 @@ impl Inner {
 }
 
 /// One operation's handle: the connection plus what is needed to report
-/// (and recover from) its failures.
-struct Conn<'a> {
+/// (and recover from) its failures. Also used by the Redis push store
+/// (`crate::fanout::redis`) through [`RedisStateStore::run`].
+pub(crate) struct Conn<'a> {
     manager: ConnectionManager,
     inner: &'a Inner,
     used: Arc<ConnectionManager>,
 }
 
 impl Conn<'_> {
-    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, StateError> {
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StateError> {
         let result = cmd.query_async(&mut self.manager).await;
         result.map_err(|e| self.fail(e))
     }
 
-    async fn invoke<T: redis::FromRedisValue>(
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
         &mut self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StateError> {
         let result = invocation.invoke_async(&mut self.manager).await;
+        result.map_err(|e| self.fail(e))
+    }
+
+    /// Sends a pipeline (in order, one round trip; atomic only if built
+    /// with `.atomic()`).
+    pub(crate) async fn pipe<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StateError> {
+        let result = pipe.query_async(&mut self.manager).await;
         result.map_err(|e| self.fail(e))
     }
 
