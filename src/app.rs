@@ -49,12 +49,7 @@ impl Application {
             }
         };
 
-        let push: Arc<dyn crate::fanout::PushStore> = Arc::new(
-            crate::fanout::embedded::EmbeddedPushStore::open(
-                &settings.server.data_dir.join("push.redb"),
-            )
-            .context("cannot open the push store")?,
-        );
+        let push = crate::fanout::open_push(&settings).await?;
 
         let fanout = Arc::new(build_fanout(&settings, push.clone())?);
 
@@ -89,6 +84,7 @@ impl Application {
                 )
             })?;
         let state = Arc::new(AppState {
+            limits: crate::limits::Limits::new(&settings.limits),
             settings,
             catalog: Arc::new(catalog),
             state,
@@ -160,6 +156,7 @@ impl Application {
             };
             let _ = stream.set_nodelay(true);
             let service = service.clone();
+            let limits_state = state.clone();
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(PeerAddr(peer));
@@ -167,9 +164,23 @@ impl Application {
                     let path = req.uri().path().to_owned();
                     let started = Instant::now();
                     let mut service = service.clone();
+                    // Overload protection before any handler (crate::limits).
+                    let client = api::resolve_client(
+                        peer.ip().to_canonical(),
+                        req.headers()
+                            .get("x-forwarded-for")
+                            .and_then(|v| v.to_str().ok()),
+                        &limits_state.settings.server.trusted_proxies,
+                    );
+                    let admitted = limits_state.limits.admit(&path, client);
+                    let timeout = limits_state.limits.body_read_timeout();
+                    let req = req.map(|b| crate::limits::TimeoutBody::new(b, timeout));
                     async move {
                         use tower_service::Service;
-                        let resp = service.call(req).await?;
+                        let resp = match admitted {
+                            Ok(_slot) => service.call(req).await?,
+                            Err(refused) => refused.into_response(),
+                        };
                         log_request(&method, &path, resp.status(), peer, started);
                         Ok::<_, std::convert::Infallible>(resp)
                     }
@@ -312,6 +323,7 @@ fn build_fanout(
         policy: crate::push::RetryPolicy::default(),
         ttl: Duration::from_secs(p.ttl_secs),
         metrics: Default::default(),
+        stale: Duration::from_secs(p.stale_batch_secs.max(1)),
         consumer: format!(
             "{}-{}",
             std::process::id(),

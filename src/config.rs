@@ -19,6 +19,7 @@ pub struct Settings {
     pub blob: BlobSettings,
     pub push: PushSettings,
     pub admin: AdminSettings,
+    pub limits: LimitsSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -32,6 +33,22 @@ pub struct ServerSettings {
     pub max_artifact_bytes: u64,
     pub header_read_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
+}
+
+/// Overload protection (see `crate::limits`). 0 turns a limit off.
+#[derive(Clone, Debug, Deserialize)]
+pub struct LimitsSettings {
+    /// Sustained requests per second per client (IPv4 address or IPv6 /64)
+    /// on the public endpoints.
+    pub per_ip_rps: f64,
+    /// Requests a client may make at once before the rate applies.
+    pub per_ip_burst: u32,
+    /// Requests handled at once; past it, an immediate 503 with Retry-After.
+    pub max_in_flight: usize,
+    /// Clients the rate limiter remembers; bounds its memory.
+    pub max_tracked_clients: usize,
+    /// An upload that sends no bytes for this long is cut off.
+    pub body_read_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -111,6 +128,9 @@ pub struct PushSettings {
     pub ttl_secs: u64,
     /// Start a notification job by itself when a release is published at 100%.
     pub auto_notify: bool,
+    /// A batch claimed this long ago and never completed is taken over by
+    /// another worker (its own worker died).
+    pub stale_batch_secs: u64,
     #[serde(default)]
     pub apns: crate::push::ApnsSettings,
     #[serde(default)]

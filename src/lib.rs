@@ -30,6 +30,7 @@ pub mod config;
 pub mod error;
 pub mod fanout;
 pub mod files;
+pub mod limits;
 pub mod metrics;
 pub mod privacy;
 pub mod push;

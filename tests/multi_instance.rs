@@ -58,6 +58,8 @@ force_path_style = true
 prefix = "{prefix}/"
 timeout_ms = 2000
 {entry}
+[limits]
+per_ip_rps = 0
 "#,
             endpoint = s3.endpoint()
         );

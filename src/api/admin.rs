@@ -50,7 +50,7 @@ pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
     let list = warp::path!("v1" / "admin" / "releases")
         .and(warp::get())
         .and(auth.clone())
-        .and(warp::query::<ListQuery>())
+        .and(super::query::<ListQuery>())
         .and(with_state(state.clone()))
         .then(|actor, q, state| async move { respond(list_releases(actor, q, state).await) });
     let patch = warp::path!("v1" / "admin" / "releases" / String / String)
@@ -64,7 +64,7 @@ pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
     let audit = warp::path!("v1" / "admin" / "audit")
         .and(warp::get())
         .and(auth)
-        .and(warp::query::<AuditQuery>())
+        .and(super::query::<AuditQuery>())
         .and(with_state(state))
         .then(|actor, q, state| async move { respond(list_audit(actor, q, state).await) });
     upload
@@ -379,10 +379,11 @@ struct ListQuery {
 
 async fn list_releases(
     actor: Result<Actor, ApiError>,
-    q: ListQuery,
+    q: Result<ListQuery, ApiError>,
     state: Shared,
 ) -> Result<Response, ApiError> {
     require(actor, Role::Publisher)?;
+    let q = q?;
     if let Some(p) = &q.product {
         firmcast_signing::names::validate_product(p)
             .map_err(|e| ApiError::bad_request("bad_product", e.to_string()))?;
@@ -470,10 +471,11 @@ struct AuditQuery {
 
 async fn list_audit(
     actor: Result<Actor, ApiError>,
-    q: AuditQuery,
+    q: Result<AuditQuery, ApiError>,
     state: Shared,
 ) -> Result<Response, ApiError> {
     require(actor, Role::Admin)?;
+    let q = q?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let entries = state.state.list_audit(q.before, limit).await?;
     Ok(json_response(

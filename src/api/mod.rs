@@ -3,6 +3,7 @@
 
 mod admin;
 mod artifacts;
+mod docs;
 mod jobs;
 mod ops;
 mod push;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// (name, role, sha256 of the token) from config.
     pub tokens: Vec<(String, Role, [u8; 32])>,
+    /// Per-client rate limits and the global concurrency limit.
+    pub limits: crate::limits::Limits,
 }
 
 pub type Shared = Arc<AppState>;
@@ -56,6 +59,8 @@ pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
         .or(jobs::routes(state.clone()))
         .unify()
         .or(ops::routes(state))
+        .unify()
+        .or(docs::routes())
         .unify()
         .recover(crate::error::handle_rejection)
         .unify()
@@ -167,6 +172,22 @@ async fn read_limited(
         }
     }
     Ok(out.freeze())
+}
+
+/// A typed query string; a malformed one becomes a 400 from the handler
+/// rather than a rejection that warp may merge into a misleading 405.
+pub(crate) fn query<T: serde::de::DeserializeOwned + Send + 'static>(
+) -> BoxedFilter<(Result<T, ApiError>,)> {
+    warp::query::<T>()
+        .map(Ok)
+        .or(warp::any().map(|| {
+            Err(ApiError::bad_request(
+                "bad_query",
+                "the query string has unknown or malformed parameters; see the API docs at /v1/openapi.yaml",
+            ))
+        }))
+        .unify()
+        .boxed()
 }
 
 /// Parses JSON into `T`, with serde's own description of what is wrong.

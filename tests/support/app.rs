@@ -85,7 +85,14 @@ name = "release-bot"
 role = "publisher"
 sha256 = "{publisher}"
 {extra_config}
+{limits}
 "#,
+        // Tests fire bursts from one address; those about limits set their own.
+        limits = if extra_config.contains("[limits]") {
+            ""
+        } else {
+            "[limits]\nper_ip_rps = 0"
+        },
         admin = sha(ADMIN_TOKEN),
         publisher = sha(PUBLISHER_TOKEN),
     );

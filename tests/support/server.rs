@@ -55,8 +55,15 @@ pub fn spawn_server_with(extra: &str) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     super::cli::firmcast(dir.path(), &["keys", "init", "--dir", "keys"]).ok();
     let (token, entry) = make_token(dir.path(), "test-admin", "admin");
-    let config =
-        format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n{entry}\n{extra}\n");
+    // Tests fire bursts from one address; those about limits set their own.
+    let limits = if extra.contains("[limits]") {
+        ""
+    } else {
+        "[limits]\nper_ip_rps = 0\n"
+    };
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n{entry}\n{extra}\n{limits}"
+    );
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_firmcast"))
         .current_dir(dir.path())

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# check + batch: `GET /v1/updates/{p}/{v}` against a realistic catalog (500
+# products x 4 releases, partial rollouts) vs nginx serving the identical
+# response bytes as a static file and vs a bare hyper server (bench/hyper-ref)
+# answering the same bytes; then `POST /v1/updates` with 3 items vs the single
+# check. Server on one core, wrk -t1 -c64 on the other.
+#   bench/check.sh [--smoke] [--rounds N] [--duration 8s] [--no-build]
+source "$(dirname "$0")/lib.sh" "$@"
+
+need_common
+need nginx nginx
+build --bin firmcast
+build -p hyper-ref
+CONNS=64
+if [ "$SMOKE" = 1 ]; then PRODUCTS=10; else PRODUCTS=500; fi
+RELEASES=4
+
+log "catalog: $PRODUCTS products x $RELEASES releases"
+firmcast_init "$WORK/fc"
+firmcast_start "$WORK/fc"
+FC_PID=$PID FC_URL=$URL
+python3 "$BENCH_DIR/catalog.py" --server "$FC_URL" --token "$TOKEN" --key "$WORK/fc/keys/release-1.pem" \
+    --products "$PRODUCTS" --releases "$RELEASES"
+
+# A device on 1.1.0 of a product in the middle of the catalog: offered 1.2.0,
+# or 1.3.0 (25% rollout, from >=1.1.0) depending on the client's bucket.
+P="WH-$(printf %05d $((PRODUCTS / 2)))"
+CHECK_PATH="/v1/updates/$P/1.1.0"
+curl -fsS -D "$WORK/check.headers" -o "$WORK/check.body" "$FC_URL$CHECK_PATH"
+grep -q '"update":{' "$WORK/check.body" || grep -q '"update": *{' "$WORK/check.body" \
+    || die "the check answer has no offer: $(head -c 300 "$WORK/check.body")"
+log "check answer: $(wc -c <"$WORK/check.body") bytes"
+# Same response headers for the hyper reference (not date/length/type).
+HDR_ARGS=()
+while IFS= read -r h; do
+    h="${h%$'\r'}"
+    case "${h,,}" in etag:*|cache-control:*|vary:*) HDR_ARGS+=(--header "$h") ;; esac
+done <"$WORK/check.headers"
+
+mkdir -p "$WORK/www$(dirname "$CHECK_PATH")"
+cp "$WORK/check.body" "$WORK/www$CHECK_PATH"
+nginx_start "$WORK/www"
+NG_PID=$PID
+cmp -s <(curl -fsS "$NGINX_URL$CHECK_PATH") "$WORK/check.body" || die "nginx does not serve the same bytes"
+
+start hyper-ref taskset -c "$SERVER_CPU" "$BIN/hyper-ref" "$WORK/check.body" "${HDR_ARGS[@]}"
+HY_PID=$PID
+HY_URL="$(wait_for_line "$HY_PID" "$WORK/hyper-ref.log" '^hyper-ref listening on ' 30)"
+HY_URL="${HY_URL#hyper-ref listening on }"
+cmp -s <(curl -fsS "$HY_URL$CHECK_PATH") "$WORK/check.body" || die "hyper-ref does not serve the same bytes"
+
+# Batch: the app and two paired devices.
+Q="WH-$(printf %05d $((PRODUCTS / 3)))"
+R="WH-$(printf %05d $((PRODUCTS - 1)))"
+cat >"$WORK/batch.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"items":[{"product":"$P","version":"1.1.0"},{"product":"$Q","version":"1.0.0","channel":"stable"},{"product":"$R","version":"1.2.0"}]}'
+LUA
+code="$(curl -sS -o "$WORK/batch.body" -w '%{http_code}' -H 'Content-Type: application/json' \
+    --data "$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$WORK/batch.lua")" "$FC_URL/v1/updates")"
+[ "$code" = 200 ] || die "batch answered $code: $(head -c 300 "$WORK/batch.body")"
+
+log "$ROUNDS round(s) of wrk -t1 -c$CONNS -d$DURATION, each side in turn"
+for round in $(seq "$ROUNDS"); do
+    log "round $round"
+    wrk_run "firmcast check" "$CONNS" "$FC_URL$CHECK_PATH"
+    wrk_run "nginx static" "$CONNS" "$NGINX_URL$CHECK_PATH"
+    wrk_run "hyper-ref" "$CONNS" "$HY_URL$CHECK_PATH"
+    wrk_run "firmcast batch(3)" "$CONNS" "$FC_URL/v1/updates" -s "$WORK/batch.lua"
+done
+echo "firmcast idle RSS after load: $(rss_mb "$FC_PID") MB" >&2
+
+echo
+echo "check + batch: $PRODUCTS products x $RELEASES releases, $(wc -c <"$WORK/check.body")-byte answer, wrk -t1 -c$CONNS -d$DURATION, median of $ROUNDS, $PROFILE build"
+report --show "nginx static" --show "hyper-ref" \
+    --ratio "firmcast check" rps "nginx static" 1.3 \
+    --ratio "firmcast check" rps "hyper-ref" 0.9 \
+    --max "firmcast check" p99_ms 1.5 \
+    --ratio "firmcast batch(3)" rps "firmcast check" 0.8
