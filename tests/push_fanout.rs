@@ -527,3 +527,87 @@ async fn a_cancelled_job_stops_sending() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribing_during_a_running_job_drops_the_token_from_pending_batches() {
+    let f = fakes().await;
+    let app = spawn_app_with(
+        &f.config
+            .replacen("workers = 4", "workers = 1\nin_flight = 4", 1),
+    )
+    .await;
+    let fw = firmware(100, 1);
+    app.publish(&Rel::new("Q", "1.0.0", 1, &fw), 100.0).await;
+    let n = 1500; // three batches, sent one after another
+    for i in 0..n {
+        subscribe(&app, "fcm", &fcm_token(i), &["Q"], "en").await;
+        f.fcm
+            .fail_always(&fcm_token(i), FcmFault::Delay(Duration::from_millis(5)));
+    }
+    let id = notify(&app, "Q", "1.0.0", json!({}))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["job"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    while f.fcm.send_requests() < 10 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The last batch is still queued: its tokens leave before it is sent.
+    let leaving: Vec<usize> = (n - 20..n).collect();
+    for &i in &leaving {
+        let r = app
+            .client
+            .post(format!("{}/v1/push/unsubscribe", app.url))
+            .json(&json!({"provider": "fcm", "token": fcm_token(i)}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let j = wait_done(&app, &id).await;
+    assert_eq!(j["state"], "done", "{j}");
+    for &i in &leaving {
+        assert_eq!(
+            f.fcm.delivered_to(&fcm_token(i)),
+            0,
+            "token {i} was sent after it unsubscribed"
+        );
+    }
+    assert_eq!(j["sent"].as_u64(), Some((n - leaving.len()) as u64), "{j}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn auto_notify_tells_subscribers_when_a_release_goes_live_at_100_percent() {
+    let f = fakes().await;
+    let app = spawn_app_with(&f.config.replacen(
+        "workers = 4",
+        "workers = 2\nauto_notify = true",
+        1,
+    ))
+    .await;
+    subscribe(&app, "apns", &apns_token(1), &["Auto"], "en").await;
+    let (a, b) = (firmware(100, 1), firmware(100, 2));
+    // Staged: nobody is told yet.
+    app.publish(&Rel::new("Auto", "1.0.0", 1, &a), 50.0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(f.apns.delivered_to(&apns_token(1)), 0);
+    // Live for everyone: told once.
+    app.publish(&Rel::new("Auto", "1.1.0", 2, &b), 100.0).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.apns.delivered_to(&apns_token(1)) == 0 {
+        assert!(Instant::now() < deadline, "no notification");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let d = f
+        .apns
+        .deliveries()
+        .into_iter()
+        .find(|d| d.token == apns_token(1))
+        .unwrap();
+    assert_eq!(d.payload["version"], "1.1.0", "{}", d.payload);
+    app.stop().await;
+}
