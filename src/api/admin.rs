@@ -26,10 +26,7 @@ pub struct Actor {
 }
 
 pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
-    let auth = warp::header::optional::<String>("authorization")
-        .and(with_state(state.clone()))
-        .map(|h: Option<String>, state: Shared| authenticate(&state, h.as_deref()))
-        .boxed();
+    let auth = bearer(state.clone());
 
     let upload = warp::path!("v1" / "admin" / "artifacts" / String / String)
         .and(warp::put())
@@ -83,9 +80,18 @@ fn respond(r: Result<Response, ApiError>) -> Response {
     super::respond(r)
 }
 
+/// The caller behind `Authorization: Bearer`, or why there is none; every
+/// admin route takes this and checks the role it needs.
+pub(super) fn bearer(state: Shared) -> BoxedFilter<(Result<Actor, ApiError>,)> {
+    warp::header::optional::<String>("authorization")
+        .and(with_state(state))
+        .map(|h: Option<String>, state: Shared| authenticate(&state, h.as_deref()))
+        .boxed()
+}
+
 /// Hashes the presented token and compares it with every configured hash in
 /// constant time, so neither timing nor logs reveal a token.
-pub(super) fn authenticate(state: &Shared, header: Option<&str>) -> Result<Actor, ApiError> {
+fn authenticate(state: &Shared, header: Option<&str>) -> Result<Actor, ApiError> {
     let token = header
         .and_then(|h| {
             h.strip_prefix("Bearer ")

@@ -1,6 +1,6 @@
 //! Notification jobs: start a release fan-out, watch its counters, cancel it.
 
-use super::admin::{audit, authenticate, check_names, require, Actor};
+use super::admin::{audit, bearer, check_names, require, Actor};
 use super::{json_body, json_response, parse_json, with_state, Shared, MAX_JSON_BODY};
 use crate::config::Role;
 use crate::error::ApiError;
@@ -13,10 +13,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
-    let auth = warp::header::optional::<String>("authorization")
-        .and(with_state(state.clone()))
-        .map(|h: Option<String>, state: Shared| authenticate(&state, h.as_deref()))
-        .boxed();
+    let auth = bearer(state.clone());
     let notify = warp::path!("v1" / "admin" / "releases" / String / String / "notify")
         .and(warp::post())
         .and(auth.clone())

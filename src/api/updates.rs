@@ -8,7 +8,6 @@ use crate::catalog::Snapshot;
 use crate::error::ApiError;
 use bytes::Bytes;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderValue, StatusCode};
@@ -20,7 +19,7 @@ pub const MAX_BATCH: usize = 32;
 pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
     let single = warp::path!("v1" / "updates" / String / String)
         .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::query::<CheckQuery>())
         .and(warp::header::optional::<String>("if-none-match"))
         .and(client_ip(state.clone()))
         .and(with_state(state.clone()))
@@ -98,12 +97,12 @@ fn write_answer(out: &mut Vec<u8>, a: &Answer<'_>) {
 fn check_update(
     product: String,
     version: String,
-    query: HashMap<String, String>,
+    query: CheckQuery,
     if_none_match: Option<String>,
     ip: IpAddr,
     state: Shared,
 ) -> Response {
-    let channel = query.get("channel").map(String::as_str).unwrap_or("stable");
+    let channel = query.channel.as_deref().unwrap_or("stable");
     let snap = state.catalog.load();
     let answer = match resolve(&snap, &product, &version, channel, ip) {
         Ok(a) => a,
@@ -145,6 +144,13 @@ fn set_cache_headers(resp: &mut Response, etag: &str) {
     if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
     }
+}
+
+/// The check's only query parameter; others are ignored, as caches and
+/// app versions add their own.
+#[derive(Deserialize)]
+struct CheckQuery {
+    channel: Option<String>,
 }
 
 #[derive(Deserialize)]

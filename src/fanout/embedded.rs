@@ -5,6 +5,7 @@
 use super::store::{
     member_key, Batch, Claimed, Job, JobCounters, JobState, ProviderKind, PushStore, Subscription,
 };
+use crate::state::embedded::{encode, DbResult};
 use crate::state::StateError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -39,22 +40,8 @@ pub struct EmbeddedPushStore {
     db: Arc<Database>,
 }
 
-fn err<E: Into<redb::Error>>(e: E) -> StateError {
-    match e.into() {
-        redb::Error::Corrupted(msg) => StateError::Corrupt(msg),
-        e => StateError::Unavailable {
-            backend: BACKEND,
-            reason: e.to_string(),
-        },
-    }
-}
-
-fn encode<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("push records serialize")
-}
-
 fn decode<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StateError> {
-    serde_json::from_str(s).map_err(|e| StateError::Corrupt(format!("push store record: {e}")))
+    crate::state::embedded::decode(s, || "push store record".to_owned())
 }
 
 impl EmbeddedPushStore {
@@ -65,15 +52,15 @@ impl EmbeddedPushStore {
                 reason: format!("cannot create {}: {e}", dir.display()),
             })?;
         }
-        let db = Database::create(path).map_err(err)?;
-        let txn = db.begin_write().map_err(err)?;
-        txn.open_table(SUBS).map_err(err)?;
-        txn.open_table(INDEX).map_err(err)?;
-        txn.open_table(JOBS).map_err(err)?;
-        txn.open_table(PENDING).map_err(err)?;
-        txn.open_table(INFLIGHT).map_err(err)?;
-        txn.open_table(META).map_err(err)?;
-        txn.commit().map_err(err)?;
+        let db = Database::create(path).db()?;
+        let txn = db.begin_write().db()?;
+        txn.open_table(SUBS).db()?;
+        txn.open_table(INDEX).db()?;
+        txn.open_table(JOBS).db()?;
+        txn.open_table(PENDING).db()?;
+        txn.open_table(INFLIGHT).db()?;
+        txn.open_table(META).db()?;
+        txn.commit().db()?;
         Ok(EmbeddedPushStore { db: Arc::new(db) })
     }
 
@@ -92,34 +79,30 @@ impl EmbeddedPushStore {
 }
 
 fn remove_sub(txn: &redb::WriteTransaction, member: &str) -> Result<bool, StateError> {
-    let mut subs = txn.open_table(SUBS).map_err(err)?;
-    let Some(old) = subs.remove(member).map_err(err)? else {
+    let mut subs = txn.open_table(SUBS).db()?;
+    let Some(old) = subs.remove(member).db()? else {
         return Ok(false);
     };
     let old: Subscription = decode(old.value())?;
-    let mut index = txn.open_table(INDEX).map_err(err)?;
+    let mut index = txn.open_table(INDEX).db()?;
     for p in &old.products {
-        index.remove((p.as_str(), member)).map_err(err)?;
+        index.remove((p.as_str(), member)).db()?;
     }
     Ok(true)
 }
 
 fn load_job(txn: &redb::WriteTransaction, id: &str) -> Result<Job, StateError> {
-    let jobs = txn.open_table(JOBS).map_err(err)?;
-    let raw = jobs
-        .get(id)
-        .map_err(err)?
-        .ok_or_else(|| StateError::NotFound {
-            product: "job".into(),
-            version: id.into(),
-        })?;
+    let jobs = txn.open_table(JOBS).db()?;
+    let raw = jobs.get(id).db()?.ok_or_else(|| StateError::NotFound {
+        product: "job".into(),
+        version: id.into(),
+    })?;
     decode(raw.value())
 }
 
 fn save_job(txn: &redb::WriteTransaction, job: &Job) -> Result<(), StateError> {
-    let mut jobs = txn.open_table(JOBS).map_err(err)?;
-    jobs.insert(job.id.as_str(), encode(job).as_str())
-        .map_err(err)?;
+    let mut jobs = txn.open_table(JOBS).db()?;
+    jobs.insert(job.id.as_str(), encode(job).as_str()).db()?;
     Ok(())
 }
 
@@ -129,24 +112,21 @@ impl PushStore for EmbeddedPushStore {
         let sub = sub.clone();
         self.run(move |db| {
             let member = member_key(sub.provider, &sub.token);
-            let mut txn = db.begin_write().map_err(err)?;
+            let mut txn = db.begin_write().db()?;
             // Apps re-register at every start, so a registration lost to a
             // crash comes back by itself; an fsync per registration would cap
             // a launch-day flood at the disk's sync rate.
             txn.set_durability(redb::Durability::Eventual);
             remove_sub(&txn, &member)?;
             {
-                let mut subs = txn.open_table(SUBS).map_err(err)?;
-                subs.insert(member.as_str(), encode(&sub).as_str())
-                    .map_err(err)?;
-                let mut index = txn.open_table(INDEX).map_err(err)?;
+                let mut subs = txn.open_table(SUBS).db()?;
+                subs.insert(member.as_str(), encode(&sub).as_str()).db()?;
+                let mut index = txn.open_table(INDEX).db()?;
                 for p in &sub.products {
-                    index
-                        .insert((p.as_str(), member.as_str()), ())
-                        .map_err(err)?;
+                    index.insert((p.as_str(), member.as_str()), ()).db()?;
                 }
             }
-            txn.commit().map_err(err)
+            txn.commit().db()
         })
         .await
     }
@@ -158,9 +138,9 @@ impl PushStore for EmbeddedPushStore {
     ) -> Result<bool, StateError> {
         let member = member_key(provider, token);
         self.run(move |db| {
-            let txn = db.begin_write().map_err(err)?;
+            let txn = db.begin_write().db()?;
             let existed = remove_sub(&txn, &member)?;
-            txn.commit().map_err(err)?;
+            txn.commit().db()?;
             Ok(existed)
         })
         .await
@@ -173,9 +153,9 @@ impl PushStore for EmbeddedPushStore {
     ) -> Result<Option<Subscription>, StateError> {
         let member = member_key(provider, token);
         self.run(move |db| {
-            let txn = db.begin_read().map_err(err)?;
-            let subs = txn.open_table(SUBS).map_err(err)?;
-            match subs.get(member.as_str()).map_err(err)? {
+            let txn = db.begin_read().db()?;
+            let subs = txn.open_table(SUBS).db()?;
+            match subs.get(member.as_str()).db()? {
                 Some(v) => Ok(Some(decode(v.value())?)),
                 None => Ok(None),
             }
@@ -191,12 +171,12 @@ impl PushStore for EmbeddedPushStore {
     ) -> Result<Vec<String>, StateError> {
         let (product, after) = (product.to_owned(), after.map(str::to_owned));
         self.run(move |db| {
-            let txn = db.begin_read().map_err(err)?;
-            let index = txn.open_table(INDEX).map_err(err)?;
+            let txn = db.begin_read().db()?;
+            let index = txn.open_table(INDEX).db()?;
             let start = after.as_deref().unwrap_or("");
             let mut out = Vec::with_capacity(limit.min(4096));
-            for entry in index.range((product.as_str(), start)..).map_err(err)? {
-                let (key, _) = entry.map_err(err)?;
+            for entry in index.range((product.as_str(), start)..).db()? {
+                let (key, _) = entry.db()?;
                 let (p, member) = key.value();
                 if p != product {
                     break;
@@ -222,16 +202,16 @@ impl PushStore for EmbeddedPushStore {
     ) -> Result<Vec<Subscription>, StateError> {
         let (product, first, last) = (product.to_owned(), first.to_owned(), last.to_owned());
         self.run(move |db| {
-            let txn = db.begin_read().map_err(err)?;
-            let index = txn.open_table(INDEX).map_err(err)?;
-            let subs = txn.open_table(SUBS).map_err(err)?;
+            let txn = db.begin_read().db()?;
+            let index = txn.open_table(INDEX).db()?;
+            let subs = txn.open_table(SUBS).db()?;
             let mut out = Vec::new();
             for entry in index
                 .range((product.as_str(), first.as_str())..=(product.as_str(), last.as_str()))
-                .map_err(err)?
+                .db()?
             {
-                let (key, _) = entry.map_err(err)?;
-                if let Some(v) = subs.get(key.value().1).map_err(err)? {
+                let (key, _) = entry.db()?;
+                if let Some(v) = subs.get(key.value().1).db()? {
                     out.push(decode(v.value())?);
                 }
             }
@@ -243,11 +223,11 @@ impl PushStore for EmbeddedPushStore {
     async fn count_subscribers(&self, product: &str) -> Result<u64, StateError> {
         let product = product.to_owned();
         self.run(move |db| {
-            let txn = db.begin_read().map_err(err)?;
-            let index = txn.open_table(INDEX).map_err(err)?;
+            let txn = db.begin_read().db()?;
+            let index = txn.open_table(INDEX).db()?;
             let mut n = 0u64;
-            for entry in index.range((product.as_str(), "")..).map_err(err)? {
-                if entry.map_err(err)?.0.value().0 != product {
+            for entry in index.range((product.as_str(), "")..).db()? {
+                if entry.db()?.0.value().0 != product {
                     break;
                 }
                 n += 1;
@@ -259,12 +239,12 @@ impl PushStore for EmbeddedPushStore {
 
     async fn sweep_idle(&self, before: DateTime<Utc>) -> Result<u64, StateError> {
         self.run(move |db| {
-            let txn = db.begin_write().map_err(err)?;
+            let txn = db.begin_write().db()?;
             let stale: Vec<String> = {
-                let subs = txn.open_table(SUBS).map_err(err)?;
+                let subs = txn.open_table(SUBS).db()?;
                 let mut stale = Vec::new();
-                for entry in subs.iter().map_err(err)? {
-                    let (k, v) = entry.map_err(err)?;
+                for entry in subs.iter().db()? {
+                    let (k, v) = entry.db()?;
                     let sub: Subscription = decode(v.value())?;
                     if sub.last_seen < before {
                         stale.push(k.value().to_owned());
@@ -275,7 +255,7 @@ impl PushStore for EmbeddedPushStore {
             for member in &stale {
                 remove_sub(&txn, member)?;
             }
-            txn.commit().map_err(err)?;
+            txn.commit().db()?;
             Ok(stale.len() as u64)
         })
         .await
@@ -284,9 +264,9 @@ impl PushStore for EmbeddedPushStore {
     async fn put_job(&self, job: &Job) -> Result<(), StateError> {
         let job = job.clone();
         self.run(move |db| {
-            let txn = db.begin_write().map_err(err)?;
+            let txn = db.begin_write().db()?;
             save_job(&txn, &job)?;
-            txn.commit().map_err(err)
+            txn.commit().db()
         })
         .await
     }
@@ -294,9 +274,9 @@ impl PushStore for EmbeddedPushStore {
     async fn get_job(&self, id: &str) -> Result<Option<Job>, StateError> {
         let id = id.to_owned();
         self.run(move |db| {
-            let txn = db.begin_read().map_err(err)?;
-            let jobs = txn.open_table(JOBS).map_err(err)?;
-            match jobs.get(id.as_str()).map_err(err)? {
+            let txn = db.begin_read().db()?;
+            let jobs = txn.open_table(JOBS).db()?;
+            match jobs.get(id.as_str()).db()? {
                 Some(v) => Ok(Some(decode(v.value())?)),
                 None => Ok(None),
             }
@@ -307,13 +287,13 @@ impl PushStore for EmbeddedPushStore {
     async fn set_job_state(&self, id: &str, state: JobState) -> Result<Job, StateError> {
         let id = id.to_owned();
         self.run(move |db| {
-            let txn = db.begin_write().map_err(err)?;
+            let txn = db.begin_write().db()?;
             let mut job = load_job(&txn, &id)?;
             if !job.state.is_final() {
                 job.state = state;
                 save_job(&txn, &job)?;
             }
-            txn.commit().map_err(err)?;
+            txn.commit().db()?;
             Ok(job)
         })
         .await
@@ -322,20 +302,15 @@ impl PushStore for EmbeddedPushStore {
     async fn enqueue(&self, batch: &Batch) -> Result<(), StateError> {
         let batch = batch.clone();
         self.run(move |db| {
-            let txn = db.begin_write().map_err(err)?;
+            let txn = db.begin_write().db()?;
             {
-                let mut meta = txn.open_table(META).map_err(err)?;
-                let seq = meta
-                    .get("queue_seq")
-                    .map_err(err)?
-                    .map(|v| v.value())
-                    .unwrap_or(0)
-                    + 1;
-                meta.insert("queue_seq", seq).map_err(err)?;
-                let mut pending = txn.open_table(PENDING).map_err(err)?;
-                pending.insert(seq, encode(&batch).as_str()).map_err(err)?;
+                let mut meta = txn.open_table(META).db()?;
+                let seq = meta.get("queue_seq").db()?.map(|v| v.value()).unwrap_or(0) + 1;
+                meta.insert("queue_seq", seq).db()?;
+                let mut pending = txn.open_table(PENDING).db()?;
+                pending.insert(seq, encode(&batch).as_str()).db()?;
             }
-            txn.commit().map_err(err)
+            txn.commit().db()
         })
         .await
     }
@@ -344,13 +319,13 @@ impl PushStore for EmbeddedPushStore {
         let consumer = consumer.to_owned();
         self.run(move |db| {
             let now = Utc::now().timestamp_millis();
-            let txn = db.begin_write().map_err(err)?;
+            let txn = db.begin_write().db()?;
             let claimed = {
-                let mut inflight = txn.open_table(INFLIGHT).map_err(err)?;
+                let mut inflight = txn.open_table(INFLIGHT).db()?;
                 // A batch whose worker went quiet for `stale` is taken over first.
                 let mut taken: Option<(u64, InFlight)> = None;
-                for entry in inflight.iter().map_err(err)? {
-                    let (k, v) = entry.map_err(err)?;
+                for entry in inflight.iter().db()? {
+                    let (k, v) = entry.db()?;
                     let f: InFlight = decode(v.value())?;
                     if now - f.claimed_at_ms >= stale.as_millis() as i64 {
                         taken = Some((k.value(), f));
@@ -360,8 +335,8 @@ impl PushStore for EmbeddedPushStore {
                 let next = match taken {
                     Some((seq, f)) => Some((seq, f.batch)),
                     None => {
-                        let mut pending = txn.open_table(PENDING).map_err(err)?;
-                        let popped = pending.pop_first().map_err(err)?;
+                        let mut pending = txn.open_table(PENDING).db()?;
+                        let popped = pending.pop_first().db()?;
                         match popped {
                             Some((k, v)) => Some((k.value(), decode::<Batch>(v.value())?)),
                             None => None,
@@ -375,7 +350,7 @@ impl PushStore for EmbeddedPushStore {
                             consumer: consumer.clone(),
                             claimed_at_ms: now,
                         };
-                        inflight.insert(seq, encode(&f).as_str()).map_err(err)?;
+                        inflight.insert(seq, encode(&f).as_str()).db()?;
                         Some(Claimed {
                             delivery: seq.to_string(),
                             batch,
@@ -384,7 +359,7 @@ impl PushStore for EmbeddedPushStore {
                     None => None,
                 }
             };
-            txn.commit().map_err(err)?;
+            txn.commit().db()?;
             Ok(claimed)
         })
         .await
@@ -400,13 +375,8 @@ impl PushStore for EmbeddedPushStore {
             let seq: u64 = claimed.delivery.parse().map_err(|_| {
                 StateError::Corrupt(format!("bad delivery id {}", claimed.delivery))
             })?;
-            let txn = db.begin_write().map_err(err)?;
-            let removed = txn
-                .open_table(INFLIGHT)
-                .map_err(err)?
-                .remove(seq)
-                .map_err(err)?
-                .is_some();
+            let txn = db.begin_write().db()?;
+            let removed = txn.open_table(INFLIGHT).db()?.remove(seq).db()?.is_some();
             if !removed {
                 return Ok(None);
             }
@@ -414,7 +384,7 @@ impl PushStore for EmbeddedPushStore {
                 Ok(job) => job,
                 // The job is gone: the batch just leaves the queue.
                 Err(StateError::NotFound { .. }) => {
-                    txn.commit().map_err(err)?;
+                    txn.commit().db()?;
                     return Ok(None);
                 }
                 Err(e) => return Err(e),
@@ -426,7 +396,7 @@ impl PushStore for EmbeddedPushStore {
             c.retried += delta.retried;
             job.batches_done += 1;
             save_job(&txn, &job)?;
-            txn.commit().map_err(err)?;
+            txn.commit().db()?;
             Ok(Some(job))
         })
         .await

@@ -309,12 +309,12 @@ fn find(
     }
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> String {
     // Plain structs with string keys only: serde_json cannot fail on them.
     serde_json::to_string(value).expect("state records serialize to JSON")
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     json: &str,
     what: impl FnOnce() -> String,
 ) -> Result<T, StateError> {
@@ -330,7 +330,7 @@ fn unavailable(reason: String) -> StateError {
 
 /// Maps any redb error: a damaged file is `Corrupt`, everything else (I/O,
 /// lock held by another process, ...) is `Unavailable`.
-trait DbResult<T> {
+pub(crate) trait DbResult<T> {
     fn db(self) -> Result<T, StateError>;
 }
 
