@@ -4,12 +4,11 @@
 
 use crate::api::{self, AppState, PeerAddr, Shared};
 use crate::blob::{local::LocalBlobStore, BlobStore};
-use crate::catalog::{Catalog, Signer};
+use crate::catalog::{signer::load_signer, Catalog};
 use crate::config::{BlobBackend, Settings};
 use crate::metrics::Metrics;
 use crate::state::StateStore;
-use anyhow::{bail, Context, Result};
-use firmcast_signing::{Envelope, PrivateKey, PublicKey, Role, VerifiedKeyset};
+use anyhow::{Context, Result};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -279,9 +278,11 @@ async fn catalog_sync(state: Shared) {
     }
 }
 
-/// Deletes push tokens idle longer than `push.retention_days`, hourly.
+/// Deletes push tokens idle longer than `push.retention_days`, at start and
+/// then every `push.sweep_interval_secs` (hourly by default).
 async fn sweep_idle_tokens(state: Shared) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    let every = Duration::from_secs(state.settings.push.sweep_interval_secs.max(1));
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let cutoff =
@@ -289,7 +290,9 @@ async fn sweep_idle_tokens(state: Shared) {
         match state.push.sweep_idle(cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "idle push tokens deleted"),
-            Err(e) => tracing::warn!(error = %e, "idle token sweep failed; next hour again"),
+            Err(e) => {
+                tracing::warn!(error = %e, "idle token sweep failed; trying again at the next interval")
+            }
         }
     }
 }
@@ -329,51 +332,5 @@ fn build_fanout(
             std::process::id(),
             hex::encode(rand::random::<[u8; 4]>())
         ),
-    })
-}
-
-/// Loads the keyset (verified against the pinned root, as clients will) and
-/// the timestamp key, which must belong to the keyset's timestamp role.
-pub fn load_signer(settings: &Settings) -> Result<Signer> {
-    let s = &settings.signing;
-    if !s.keyset.exists() {
-        bail!(
-            "no keyset at {}. Create keys once with `firmcast keys init --dir {}` (then keep root.pem and release-*.pem offline), \
-             or for a throwaway development setup run `firmcast serve --dev-keys`",
-            s.keyset.display(),
-            crate::files::parent_dir(&s.keyset).display()
-        );
-    }
-    let root = PublicKey::read_pem_file(&s.root_public_key).context("signing.root_public_key")?;
-    let bytes = std::fs::read(&s.keyset)
-        .with_context(|| crate::config::read_context(&s.keyset, "keyset"))?;
-    let env = Envelope::parse(&bytes)
-        .with_context(|| format!("signing.keyset {}", s.keyset.display()))?;
-    let keyset = VerifiedKeyset::verify_pinned(env, &Role::single(root), chrono::Utc::now())
-        .with_context(|| {
-            format!(
-                "signing.keyset {} does not verify against {}",
-                s.keyset.display(),
-                s.root_public_key.display()
-            )
-        })?;
-    let timestamp_key =
-        PrivateKey::read_pem_file(&s.timestamp_key).context("signing.timestamp_key")?;
-    if !keyset
-        .keyset
-        .timestamp
-        .keys
-        .iter()
-        .any(|k| k.keyid() == timestamp_key.keyid())
-    {
-        bail!(
-            "signing.timestamp_key {} is not in the keyset's timestamp role; point it at the right key or rotate with `firmcast keys rotate --new-timestamp-key`",
-            s.timestamp_key.display()
-        );
-    }
-    Ok(Signer {
-        keyset,
-        timestamp_key,
-        ttl: chrono::Duration::hours(s.freshness_ttl_hours as i64),
     })
 }

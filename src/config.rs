@@ -56,6 +56,10 @@ pub struct SigningSettings {
     pub keyset: PathBuf,
     pub root_public_key: PathBuf,
     pub timestamp_key: PathBuf,
+    /// Earlier keysets as `<version>.json`, served at `/v1/keys/{version}`;
+    /// by default the `keysets` directory beside the keyset.
+    #[serde(default)]
+    pub keyset_history: Option<PathBuf>,
     pub freshness_ttl_hours: u64,
     pub resign_interval_secs: u64,
 }
@@ -120,6 +124,8 @@ pub struct S3Settings {
 pub struct PushSettings {
     /// Tokens not seen for this long are deleted by the sweeper.
     pub retention_days: u64,
+    /// How often the idle-token sweeper runs (it also runs once at start).
+    pub sweep_interval_secs: u64,
     /// Fan-out workers per instance (each sends a batch at a time).
     pub workers: usize,
     /// Concurrent sends per provider per instance.
@@ -217,6 +223,13 @@ impl Settings {
 
     pub fn blob_dir(&self) -> PathBuf {
         self.server.data_dir.join("blobs")
+    }
+
+    pub fn keyset_history_dir(&self) -> PathBuf {
+        let s = &self.signing;
+        s.keyset_history
+            .clone()
+            .unwrap_or_else(|| crate::files::parent_dir(&s.keyset).join("keysets"))
     }
 }
 

@@ -8,86 +8,12 @@ mod support;
 
 use firmcast_signing::release::ArtifactRef;
 use firmcast_signing::{Freshness, Keyset, PrivateKey, ReleaseManifest, Role};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::Path;
 use support::cli::{firmcast, Run};
-use support::server::{spawn_server, TestServer};
-
-const P: &str = "WH-1000XM5";
-
-fn firmware(dir: &Path, name: &str, size: usize, salt: u8) -> Vec<u8> {
-    let bytes: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8 ^ salt).collect();
-    std::fs::write(dir.join(name), &bytes).unwrap();
-    bytes
-}
-
-fn sign(dir: &Path, version: &str, seq: &str, fw: &str, out: &str) {
-    firmcast(
-        dir,
-        &[
-            "release",
-            "sign",
-            "--key",
-            "keys/release-1.pem",
-            "--product",
-            P,
-            "--version",
-            version,
-            "--seq",
-            seq,
-            "--file",
-            fw,
-            "--from",
-            ">=2.0.0",
-            "--out",
-            out,
-        ],
-    )
-    .ok();
-}
-
-/// A `release` subcommand with the server's URL and admin token.
-fn admin(s: &TestServer, args: &[&str]) -> Run {
-    let mut all = vec!["release"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--server", &s.url, "--token", &s.token]);
-    firmcast(s.dir.path(), &all)
-}
-
-fn publish(s: &TestServer, release: &str, fw: &str, extra: &[&str]) -> Run {
-    let mut args = vec!["publish", "--release", release, "--file", fw];
-    args.extend_from_slice(extra);
-    admin(s, &args)
-}
-
-fn check_at(dir: &Path, url: &str, version: &str, extra: &[&str]) -> Run {
-    let mut args = vec![
-        "check",
-        "--server",
-        url,
-        "--root",
-        "keys/root.pub.pem",
-        "--product",
-        P,
-        "--version",
-        version,
-    ];
-    args.extend_from_slice(extra);
-    firmcast(dir, &args)
-}
-
-fn check(s: &TestServer, version: &str, extra: &[&str]) -> Run {
-    check_at(s.dir.path(), &s.url, version, extra)
-}
-
-/// A server with 2.2.0 (seq 1) published from `fw.bin` of `size` bytes.
-fn published(size: usize, extra: &[&str]) -> (TestServer, Vec<u8>) {
-    let s = spawn_server();
-    let fw = firmware(s.dir.path(), "fw.bin", size, 0);
-    sign(s.dir.path(), "2.2.0", "1", "fw.bin", "release.json");
-    publish(&s, "release.json", "fw.bin", extra).ok();
-    (s, fw)
-}
+use support::release::{
+    admin, check, check_at, firmware, publish, published, read_request, sign, P,
+};
 
 #[test]
 fn publish_list_check_and_download() {
@@ -465,29 +391,6 @@ fn hostile_server(dir: &Path, lie: Lie) -> (String, Vec<u8>) {
         }
     });
     (url, fw)
-}
-
-/// Reads one request (head and any Content-Length body); returns its path.
-fn read_request(conn: &mut std::net::TcpStream) -> String {
-    let mut reader = BufReader::new(conn);
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-    let mut len = 0;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0; len];
-    let _ = reader.read_exact(&mut body);
-    path
 }
 
 fn hostile_check(lie: Lie, extra: &[&str]) -> (Run, tempfile::TempDir) {

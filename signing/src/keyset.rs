@@ -178,13 +178,30 @@ pub struct VerifiedKeyset {
 impl VerifiedKeyset {
     /// First contact: the keyset must be signed by the pinned root.
     pub fn verify_pinned(envelope: Envelope, pinned: &Role, now: DateTime<Utc>) -> Result<Self> {
-        Self::verify_with_root(envelope, pinned, now)
+        let k = Self::anchor(envelope, pinned)?;
+        k.ensure_current(now)?;
+        Ok(k)
     }
 
     /// Rotation: `envelope` must be the next version, signed by this keyset's
     /// root (and by its own new root if it names one).
     pub fn verify_next(&self, envelope: Envelope, now: DateTime<Utc>) -> Result<Self> {
-        let next = Self::verify_with_root(envelope, &self.root, now)?;
+        let next = self.follow(envelope)?;
+        next.ensure_current(now)?;
+        Ok(next)
+    }
+
+    /// The start of a chain: signed by the pinned root, expiry not checked.
+    /// An old keyset expires on its own schedule; a client walking up from it
+    /// checks expiry on the last link only (`ensure_current`).
+    pub fn anchor(envelope: Envelope, pinned: &Role) -> Result<Self> {
+        Self::verify_with_root(envelope, pinned)
+    }
+
+    /// One link of a chain: the next version, signed by this keyset's root
+    /// (and its own new root if it names one); expiry not checked.
+    pub fn follow(&self, envelope: Envelope) -> Result<Self> {
+        let next = Self::verify_with_root(envelope, &self.root)?;
         let expected = self.keyset.version + 1;
         if next.keyset.version != expected {
             return Err(Error::KeysetVersion {
@@ -196,11 +213,19 @@ impl VerifiedKeyset {
         Ok(next)
     }
 
-    fn verify_with_root(
-        envelope: Envelope,
-        trusted_root: &Role,
-        now: DateTime<Utc>,
-    ) -> Result<Self> {
+    /// Refuses a keyset past its `expires`.
+    pub fn ensure_current(&self, now: DateTime<Utc>) -> Result<()> {
+        if self.keyset.expires <= now {
+            return Err(Error::Expired {
+                what: "keyset",
+                expires: format_time(&self.keyset.expires),
+                hint: "the root key holder must sign a new keyset (`firmcast keys rotate`)",
+            });
+        }
+        Ok(())
+    }
+
+    fn verify_with_root(envelope: Envelope, trusted_root: &Role) -> Result<Self> {
         let payload = envelope.verify(
             KEYSET_TYPE,
             "root",
@@ -215,13 +240,6 @@ impl VerifiedKeyset {
             }
             _ => trusted_root.clone(),
         };
-        if keyset.expires <= now {
-            return Err(Error::Expired {
-                what: "keyset",
-                expires: format_time(&keyset.expires),
-                hint: "the root key holder must sign a new keyset (`firmcast keys rotate`)",
-            });
-        }
         Ok(VerifiedKeyset {
             keyset,
             envelope,
@@ -478,6 +496,40 @@ mod tests {
             .verify_next(keyset(&k, 3, 1).sign(&[&k.root]).unwrap(), Utc::now())
             .unwrap_err();
         assert!(matches!(err, Error::BelowThreshold { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_chain_may_pass_through_expired_links_but_must_end_current() {
+        let k = keys(1);
+        let pinned = Role::single(k.root.public().clone());
+        let mut ks1 = keyset(&k, 1, 1);
+        ks1.expires = Utc::now() - Duration::days(400);
+        let v1 = ks1.sign(&[&k.root]).unwrap();
+        assert!(matches!(
+            VerifiedKeyset::verify_pinned(v1.clone(), &pinned, Utc::now()),
+            Err(Error::Expired { .. })
+        ));
+        let held = VerifiedKeyset::anchor(v1, &pinned).unwrap();
+
+        // v2 rotated the root and has expired too; v3 is signed by v2's root only.
+        let new_root = PrivateKey::generate();
+        let mut ks2 = keyset(&k, 2, 1);
+        ks2.root = Some(Role::single(new_root.public().clone()));
+        ks2.expires = Utc::now() - Duration::days(30);
+        let v2 = held
+            .follow(ks2.sign(&[&k.root, &new_root]).unwrap())
+            .unwrap();
+        assert!(v2.ensure_current(Utc::now()).is_err());
+        let mut ks3 = keyset(&k, 3, 1);
+        ks3.root = Some(Role::single(new_root.public().clone()));
+        let v3 = v2.follow(ks3.sign(&[&new_root]).unwrap()).unwrap();
+        v3.ensure_current(Utc::now()).unwrap();
+        // Skipping the link that rotated the root cannot verify.
+        let err = held.follow(ks3.sign(&[&new_root]).unwrap()).unwrap_err();
+        assert!(
+            matches!(err, Error::BelowThreshold { role: "root", .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -196,8 +196,8 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
         .map_err(|e| ApiError::bad_request("bad_json", format!("the JSON body is invalid: {e}")))
 }
 
-pub(crate) fn json_response(status: warp::http::StatusCode, body: Vec<u8>) -> Response {
-    let mut resp = Response::new(body.into());
+pub(crate) fn json_response(status: warp::http::StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut resp = Response::new(body.into().into());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -32,16 +32,42 @@ pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
         .map(check_batch);
     let keys = warp::path!("v1" / "keys")
         .and(warp::get())
+        .and(with_state(state.clone()))
+        .map(|state: Shared| keyset_reply(state.catalog.load().keyset_json.clone()));
+    let keys_at = warp::path!("v1" / "keys" / u64)
+        .and(warp::get())
         .and(with_state(state))
-        .map(|state: Shared| {
-            let mut resp = json_response(StatusCode::OK, state.catalog.load().keyset_json.to_vec());
-            resp.headers_mut().insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=300"),
-            );
-            resp
+        .map(|version: u64, state: Shared| match state.catalog.keyset_at(version) {
+            Ok(json) => keyset_reply(json),
+            Err(held) => ApiError::not_found(
+                "unknown_keyset_version",
+                format!(
+                    "keyset version {version} is not kept by this server, which holds versions {} to {}; \
+                     a client older than that must be updated with the current root public key",
+                    held.start(),
+                    held.end()
+                ),
+            )
+            .into_response(),
         });
-    single.or(batch).unify().or(keys).unify().boxed()
+    single
+        .or(batch)
+        .unify()
+        .or(keys)
+        .unify()
+        .or(keys_at)
+        .unify()
+        .boxed()
+}
+
+/// Keysets change only on rotation; a client re-reads them on every check.
+fn keyset_reply(json: Bytes) -> Response {
+    let mut resp = json_response(StatusCode::OK, json);
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    resp
 }
 
 /// What one check resolved to, before it is written out.

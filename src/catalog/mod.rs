@@ -3,12 +3,15 @@
 //! they never touch a store or the network.
 
 pub mod rollout;
+pub mod signer;
+
+pub use signer::Signer;
 
 use crate::state::StoredRelease;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use chrono::{DateTime, Duration, Utc};
-use firmcast_signing::{Envelope, Freshness, PrivateKey, ReleaseManifest, VerifiedKeyset};
+use chrono::{DateTime, Utc};
+use firmcast_signing::{Envelope, Freshness, ReleaseManifest, VerifiedKeyset};
 use semver::Version;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -124,14 +127,6 @@ impl Snapshot {
     }
 }
 
-/// What signs freshness statements: the online timestamp key, checked at
-/// start-up to belong to the keyset's timestamp role.
-pub struct Signer {
-    pub keyset: VerifiedKeyset,
-    pub timestamp_key: PrivateKey,
-    pub ttl: Duration,
-}
-
 pub struct Catalog {
     current: ArcSwap<Snapshot>,
     signer: Signer,
@@ -153,6 +148,27 @@ impl Catalog {
     /// The current snapshot; cheap, lock-free.
     pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.current.load()
+    }
+
+    /// The keyset envelope of `version`, current or from the history; `Err`
+    /// names the versions this server holds.
+    pub fn keyset_at(&self, version: u64) -> Result<Bytes, std::ops::RangeInclusive<u64>> {
+        let current = self.signer.keyset.version();
+        if version == current {
+            return Ok(self.load().keyset_json.clone());
+        }
+        let oldest = self
+            .signer
+            .history
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(current);
+        self.signer
+            .history
+            .get(&version)
+            .cloned()
+            .ok_or(oldest..=current)
     }
 
     /// The current snapshot as an owned `Arc`, for holding across awaits.
@@ -243,8 +259,10 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Duration;
     use firmcast_signing::keyset::Keyset;
     use firmcast_signing::release::ArtifactRef;
+    use firmcast_signing::PrivateKey;
 
     fn signer() -> (Signer, PrivateKey) {
         let root = PrivateKey::generate();
@@ -265,6 +283,7 @@ mod tests {
                 keyset,
                 timestamp_key: ts,
                 ttl: Duration::hours(24),
+                history: Default::default(),
             },
             release,
         )

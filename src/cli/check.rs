@@ -100,7 +100,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
     let api = Api::public(&args.server)?;
     let now = Utc::now();
 
-    let keyset = trusted_keyset(&api, &pinned, &state, now)?;
+    let keyset = super::keychain::trusted_keyset(&api, &pinned, state.held_keyset()?, now)?;
 
     // One batch call, as an app makes for itself and its paired devices.
     let body = json!({"items": [{"product": args.product, "version": args.version, "channel": args.channel}]});
@@ -174,50 +174,6 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// First contact: the pinned root. Later: the same keyset, or exactly the
-/// next version signed by the root the held one names.
-fn trusted_keyset(
-    api: &Api,
-    pinned: &Role,
-    state: &State,
-    now: DateTime<Utc>,
-) -> Result<VerifiedKeyset> {
-    let raw: serde_json::Value =
-        api.send_json(api.request(Method::GET, api.url(&["v1", "keys"])), "keyset")?;
-    let served = Envelope::from_value(raw).context("the server's keyset")?;
-    let Some(held) = state.held_keyset()? else {
-        return VerifiedKeyset::verify_pinned(served, pinned, now)
-            .context("the server's keyset does not verify against the pinned root");
-    };
-    let have = held.version();
-    if served.payload == held.envelope.payload {
-        if held.keyset.expires <= now {
-            bail!(
-                "keyset version {have} expired at {} and the server offers no newer one; retry later",
-                held.keyset.expires.to_rfc3339()
-            );
-        }
-        return Ok(held);
-    }
-    // The version is read before verification only to name the refusal.
-    match Keyset::parse(&served.payload).map(|k| k.version) {
-        Ok(v) if v < have => bail!(
-            "the server's keyset version {v} is older than version {have} held in the state file (rollback); refusing"
-        ),
-        Ok(v) if v == have => bail!(
-            "the server's keyset version {v} differs from the version {v} held in the state file; refusing"
-        ),
-        Ok(v) if v > have + 1 => bail!(
-            "the server's keyset version {v} skips version {}: this client holds version {have} and accepts only the next one; refusing",
-            have + 1
-        ),
-        _ => {}
-    }
-    held.verify_next(served, now).with_context(|| {
-        format!("the server's keyset does not verify as the successor of version {have}")
-    })
 }
 
 fn verify_freshness(

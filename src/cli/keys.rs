@@ -276,14 +276,22 @@ fn rotate(
         next.sign(&[&root])?
     };
     std::fs::copy(&keyset_path, retired.join("keyset.json"))?;
+    // The public chain, without the retired private keys: deploy this
+    // directory beside the keyset so clients can walk /v1/keys/{version}.
+    let history = dir.join("keysets");
+    std::fs::create_dir_all(&history)
+        .with_context(|| format!("cannot create {}", history.display()))?;
+    std::fs::copy(&keyset_path, history.join(format!("{old_version}.json")))?;
     crate::files::write_atomic(&keyset_path, env.to_pretty_json().as_bytes())?;
     eprintln!(
-        "keyset version {} written to {}; version {old_version} kept in {}{}",
+        "keyset version {} written to {}; version {old_version} kept in {} and {}; \
+         deploy keyset.json and keysets/ to the servers{}",
         next.version,
         keyset_path.display(),
         retired.display(),
+        history.display(),
         if new_root {
-            "; ship the new root.pub.pem in apps, and serve the chain so pinned clients can follow"
+            "; ship the new root.pub.pem in new app builds (installed apps follow the chain)"
         } else {
             ""
         }

@@ -6,6 +6,7 @@ pub mod blob_suite;
 pub mod cli;
 pub mod push_suite;
 pub mod redis_proc;
+pub mod release;
 pub mod s3s;
 pub mod server;
 pub mod state_suite;
