@@ -1,6 +1,6 @@
 //! Fan-out across instances on one Redis: two `firmcast serve` processes
 //! share one job's batches, and a killed instance's batch is finished by the
-//! other with nobody missed.
+//! other with nobody missed; Redis killed and restarted mid-job loses no one.
 
 mod support;
 
@@ -8,6 +8,7 @@ use firmcast_push_fakes::fcm::{FcmFake, FcmFault};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use support::cli::firmcast;
+use support::redis_proc::RedisProcess;
 use support::server::{make_token, ServeProcess};
 
 struct Setup {
@@ -16,8 +17,9 @@ struct Setup {
     fcm: FcmFake,
 }
 
-/// Keys, a token, the FCM fake and one config per instance on a fresh prefix.
-async fn setup(instances: usize, in_flight: usize) -> Setup {
+/// Keys, a token, the FCM fake and one config per instance on a fresh prefix
+/// of the shared Redis, or of `redis_url`.
+async fn setup(instances: usize, in_flight: usize, redis_url: Option<&str>) -> Setup {
     let fcm = FcmFake::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -33,6 +35,7 @@ listen = "127.0.0.1:0"
 data_dir = "data-{i}"
 [state]
 backend = "redis"
+redis_url = "{redis_url}"
 redis_prefix = "{prefix}"
 [push]
 workers = 1
@@ -46,7 +49,8 @@ service_account_file = "fcm.json"
 [limits]
 per_ip_rps = 0
 "#,
-            fcm = fcm.base_url()
+            fcm = fcm.base_url(),
+            redis_url = redis_url.unwrap_or("redis://127.0.0.1:6379"),
         );
         std::fs::write(d.join(format!("i{i}.toml")), config).unwrap();
     }
@@ -132,16 +136,16 @@ async fn notify(s: &Setup, url: &str) -> String {
 async fn wait_done(s: &Setup, url: &str, id: &str, limit: Duration) -> Value {
     let start = Instant::now();
     loop {
-        let j: Value = reqwest::Client::new()
+        let r = reqwest::Client::new()
             .get(format!("{url}/v1/admin/jobs/{id}"))
             .bearer_auth(&s.token)
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
-        if j["state"] != "running" {
+        // While Redis restarts the answer is a 503 to retry.
+        let busy = r.status() == 503;
+        let j: Value = r.json().await.unwrap();
+        if !busy && j["state"] != "running" {
             return j;
         }
         assert!(start.elapsed() < limit, "job not done in {limit:?}: {j}");
@@ -163,7 +167,7 @@ fn sent_by(url: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_job() {
     let n = 3000; // six batches
-    let s = setup(2, 8).await;
+    let s = setup(2, 8, None).await;
     let a = ServeProcess::start(s.dir.path(), "i0.toml", &[]);
     let b = ServeProcess::start(s.dir.path(), "i1.toml", &[]);
     prepare(&s, &a.url, n).await;
@@ -193,7 +197,7 @@ async fn two_instances_share_one_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instances_batch_is_finished_by_another() {
     let n = 1500; // three batches
-    let s = setup(2, 4).await;
+    let s = setup(2, 4, None).await;
     let mut a = ServeProcess::start(s.dir.path(), "i0.toml", &[]);
     prepare(&s, &a.url, n).await;
     for i in 0..n {
@@ -230,5 +234,51 @@ async fn a_killed_instances_batch_is_finished_by_another() {
     assert_eq!(
         s.fcm.delivered_with_collapse_key("fw.Buds"),
         s.fcm.deliveries().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_mid_job_loses_nobody() {
+    let n = 1500; // three batches
+    let mut redis = RedisProcess::start();
+    let s = setup(1, 4, Some(&redis.url())).await;
+    let a = ServeProcess::start(s.dir.path(), "i0.toml", &[]);
+    prepare(&s, &a.url, n).await;
+    for i in 0..n {
+        s.fcm
+            .fail_always(&fcm_token(i), FcmFault::Delay(Duration::from_millis(10)));
+    }
+    let id = notify(&s, &a.url).await;
+    let start = Instant::now();
+    while s.fcm.send_requests() < 100 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no sends started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // SIGKILL mid-batch; sends in flight finish, their acks cannot land.
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = s.fcm.send_requests();
+    redis.restart();
+
+    let j = wait_done(&s, &a.url, &id, Duration::from_secs(120)).await;
+    assert_eq!(j["state"], "done", "{j}");
+    assert_eq!(
+        (j["total"].as_u64(), j["sent"].as_u64()),
+        (Some(n as u64), Some(n as u64)),
+        "counted once: {j}"
+    );
+    let mut twice = 0;
+    for i in 0..n {
+        let d = s.fcm.delivered_to(&fcm_token(i));
+        assert!(d >= 1, "token {i} missed");
+        twice += usize::from(d > 1);
+    }
+    assert!(twice <= 500, "at most one batch sent twice, got {twice}");
+    assert!(
+        during < n,
+        "Redis died before the job could finish ({during} sends)"
     );
 }

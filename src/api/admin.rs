@@ -198,7 +198,14 @@ async fn upload_artifact(
         r.map(|mut b| b.copy_to_bytes(b.remaining()))
             .map_err(|e| std::io::Error::other(e.to_string()))
     }));
-    let info = state.blobs.put(stream, max).await?;
+    let (stream, rest) = super::drain::split(stream);
+    let info = match state.blobs.put(stream, max).await {
+        Ok(info) => info,
+        Err(e) => {
+            rest.drain().await;
+            return Err(e.into());
+        }
+    };
     audit(
         &state,
         &actor,

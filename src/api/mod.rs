@@ -4,6 +4,7 @@
 mod admin;
 mod artifacts;
 mod docs;
+mod drain;
 mod jobs;
 mod ops;
 mod push;
