@@ -265,6 +265,7 @@ async fn catalog_sync(state: Shared) {
         if seen == known {
             continue;
         }
+        let _one_at_a_time = state.catalog.refreshing.lock().await;
         match state.state.list_releases(None).await {
             Ok(all) => {
                 state.catalog.replace(all);

@@ -288,10 +288,13 @@ fn view(s: &StoredRelease) -> Result<ReleaseView, ApiError> {
     })
 }
 
-/// Rebuilds the snapshot from the store after a change.
-async fn refresh_catalog(state: &Shared) -> Result<(), ApiError> {
-    let all = state.state.list_releases(None).await?;
-    state.catalog.replace(all);
+/// Rebuilds the changed product's part of the snapshot from the store.
+/// Serialized, so a slower refresh never installs a list read before a
+/// faster one's write.
+async fn refresh_catalog(state: &Shared, product: &str) -> Result<(), ApiError> {
+    let _one_at_a_time = state.catalog.refreshing.lock().await;
+    let releases = state.state.list_releases(Some(product)).await?;
+    state.catalog.replace_product(product, releases);
     Ok(())
 }
 
@@ -357,7 +360,7 @@ async fn publish_inner(actor: &Actor, body: Bytes, state: &Shared) -> Result<Res
         serde_json::json!({"seq": stored.seq, "channel": stored.channel, "sha256": manifest.artifact.sha256, "rollout": req.rollout, "paused": req.paused}),
     )
     .await?;
-    refresh_catalog(state).await?;
+    refresh_catalog(state, &stored.product).await?;
     if state.settings.push.auto_notify && bp == 10_000 && !req.paused {
         // The release is live for everyone: tell its subscribers. A failure
         // here does not undo the publish; `release notify` can start it later.
@@ -468,7 +471,7 @@ async fn patch_release(
         serde_json::json!({"rollout": req.rollout, "paused": req.paused, "yanked": req.yanked}),
     )
     .await?;
-    refresh_catalog(&state).await?;
+    refresh_catalog(&state, &product).await?;
     Ok(json_response(
         StatusCode::OK,
         serde_json::to_vec(&view(&updated)?).expect("serializes"),

@@ -98,6 +98,14 @@ impl ProductCatalog {
         self.freshness.get(channel)
     }
 
+    /// True when `stored` is exactly the releases this entry was built from.
+    fn holds_exactly(&self, stored: &[StoredRelease]) -> bool {
+        self.releases.len() == stored.len()
+            && stored
+                .iter()
+                .all(|s| self.releases.iter().any(|r| r.stored == *s))
+    }
+
     /// The newest release this client may take: stepping stones through
     /// `from`, skipping paused, yanked and not-yet-rolled-out releases.
     pub fn offer(&self, installed: &Version, channel: &str, ip: IpAddr) -> Option<&Arc<Release>> {
@@ -111,15 +119,17 @@ impl ProductCatalog {
 pub struct Snapshot {
     /// Increases with every swap; part of ETags.
     pub generation: u64,
-    pub products: HashMap<String, ProductCatalog>,
+    /// Shared between snapshots: a change rebuilds only its own product.
+    pub products: HashMap<String, Arc<ProductCatalog>>,
+    /// Channels every product answers for: the base ones and any a release uses.
+    pub channels: BTreeSet<String>,
     /// The keyset envelope, served at /v1/keys.
     pub keyset_json: Bytes,
-    pub signed_at: Option<DateTime<Utc>>,
 }
 
 impl Snapshot {
     pub fn product(&self, product: &str) -> Option<&ProductCatalog> {
-        self.products.get(product)
+        self.products.get(product).map(|p| &**p)
     }
 
     pub fn release_count(&self) -> usize {
@@ -133,6 +143,8 @@ pub struct Catalog {
     public_url: String,
     /// Serializes rebuilds so an older one never replaces a newer one.
     rebuild: Mutex<()>,
+    /// Held by whoever reads the store to refresh a product, until installed.
+    pub refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Catalog {
@@ -142,6 +154,7 @@ impl Catalog {
             signer,
             public_url,
             rebuild: Mutex::new(()),
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -180,12 +193,98 @@ impl Catalog {
         &self.signer.keyset
     }
 
-    /// Builds a snapshot from every stored release and swaps it in. Releases
-    /// that no longer parse are skipped loudly rather than taking checks down.
+    /// Installs every stored release (start-up, or a change made through
+    /// another instance). Products whose releases are unchanged keep their
+    /// entry and statements; the rest are rebuilt and re-signed.
     pub fn replace(&self, stored: Vec<StoredRelease>) {
         let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_product: HashMap<String, Vec<StoredRelease>> = HashMap::new();
+        for s in stored {
+            by_product.entry(s.product.clone()).or_default().push(s);
+        }
+        self.install(by_product, Scope::Everything);
+    }
+
+    /// Installs one product's releases after a change made here; every other
+    /// product is shared with the previous snapshot as it is.
+    pub fn replace_product(&self, product: &str, stored: Vec<StoredRelease>) {
+        let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = HashMap::from([(product.to_owned(), stored)]);
+        self.install(changed, Scope::Only);
+    }
+
+    /// Re-signs every freshness statement over the same releases (the timer).
+    pub fn resign(&self) {
+        let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.load_full();
+        let mut products = HashMap::with_capacity(current.products.len());
+        let expires = Utc::now() + self.signer.ttl;
+        for (name, p) in &current.products {
+            let releases = p.releases.clone();
+            products.insert(
+                name.clone(),
+                Arc::new(self.product(name, releases, &current.channels, expires)),
+            );
+        }
+        self.swap(&current, products, current.channels.clone());
+    }
+
+    fn install(&self, changed: HashMap<String, Vec<StoredRelease>>, scope: Scope) {
+        let current = self.load_full();
+        let mut channels: BTreeSet<String> = match scope {
+            Scope::Everything => BASE_CHANNELS.iter().map(|c| c.to_string()).collect(),
+            Scope::Only => current.channels.clone(),
+        };
+        channels.extend(changed.values().flatten().map(|s| s.channel.clone()));
+        // A new channel must be answered by every product: re-sign them all.
+        let resign_all = channels != current.channels;
+        let expires = Utc::now() + self.signer.ttl;
+
+        let mut products = match scope {
+            Scope::Everything => HashMap::with_capacity(changed.len()),
+            Scope::Only => current.products.clone(),
+        };
+        for (name, stored) in changed {
+            let old = current.products.get(&name);
+            if stored.is_empty() {
+                products.remove(&name);
+                continue;
+            }
+            if let Some(old) = old.filter(|o| !resign_all && o.holds_exactly(&stored)) {
+                products.insert(name, old.clone());
+                continue;
+            }
+            let releases = self.parse(stored, old);
+            products.insert(
+                name.clone(),
+                Arc::new(self.product(&name, releases, &channels, expires)),
+            );
+        }
+        if resign_all {
+            for (name, p) in products.iter_mut() {
+                if p.freshness.len() != channels.len() {
+                    *p = Arc::new(self.product(name, p.releases.clone(), &channels, expires));
+                }
+            }
+        }
+        self.swap(&current, products, channels);
+    }
+
+    /// Parses stored releases, reusing the parsed form of any unchanged one.
+    /// Releases that no longer parse are skipped loudly rather than taking
+    /// checks down.
+    fn parse(
+        &self,
+        stored: Vec<StoredRelease>,
+        old: Option<&Arc<ProductCatalog>>,
+    ) -> Vec<Arc<Release>> {
         let mut releases = Vec::with_capacity(stored.len());
         for s in stored {
+            let reuse = old.and_then(|o| o.releases.iter().find(|r| r.stored == s));
+            if let Some(r) = reuse {
+                releases.push(r.clone());
+                continue;
+            }
             let what = format!("{} {}", s.product, s.version);
             match Release::new(s, &self.public_url) {
                 Ok(r) => releases.push(Arc::new(r)),
@@ -194,66 +293,63 @@ impl Catalog {
                 }
             }
         }
-        self.swap_in(releases);
+        releases.sort_by(|a, b| b.manifest.version.cmp(&a.manifest.version));
+        releases
     }
 
-    /// Re-signs every freshness statement over the same releases (the timer).
-    pub fn resign(&self) {
-        let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
-        let releases = self
-            .load()
-            .products
-            .values()
-            .flat_map(|p| p.releases.iter().cloned())
-            .collect();
-        self.swap_in(releases);
+    /// One product's entry with a freshness statement per channel.
+    fn product(
+        &self,
+        name: &str,
+        releases: Vec<Arc<Release>>,
+        channels: &BTreeSet<String>,
+        expires: DateTime<Utc>,
+    ) -> ProductCatalog {
+        let mut freshness = HashMap::with_capacity(channels.len());
+        for channel in channels {
+            let latest_seq = releases
+                .iter()
+                .filter(|r| !r.stored.yanked && r.visible_in(channel))
+                .map(|r| r.manifest.seq)
+                .max()
+                .unwrap_or(0);
+            let statement = Freshness {
+                product: name.to_owned(),
+                channel: channel.clone(),
+                latest_seq,
+                keyset_version: self.signer.keyset.version(),
+                expires,
+            };
+            let env = statement.sign(&self.signer.timestamp_key);
+            freshness.insert(channel.clone(), Bytes::from(env.to_json_bytes()));
+        }
+        ProductCatalog {
+            releases,
+            freshness,
+        }
     }
 
-    fn swap_in(&self, releases: Vec<Arc<Release>>) {
-        let now = Utc::now();
-        let expires = now + self.signer.ttl;
-        let mut channels: BTreeSet<String> = BASE_CHANNELS.iter().map(|c| c.to_string()).collect();
-        channels.extend(releases.iter().map(|r| r.manifest.channel.clone()));
-
-        let mut products: HashMap<String, ProductCatalog> = HashMap::new();
-        for r in releases {
-            products
-                .entry(r.manifest.product.clone())
-                .or_default()
-                .releases
-                .push(r);
-        }
-        for (name, p) in products.iter_mut() {
-            p.releases
-                .sort_by(|a, b| b.manifest.version.cmp(&a.manifest.version));
-            for channel in &channels {
-                let latest_seq = p
-                    .releases
-                    .iter()
-                    .filter(|r| !r.stored.yanked && r.visible_in(channel))
-                    .map(|r| r.manifest.seq)
-                    .max()
-                    .unwrap_or(0);
-                let statement = Freshness {
-                    product: name.clone(),
-                    channel: channel.clone(),
-                    latest_seq,
-                    keyset_version: self.signer.keyset.version(),
-                    expires,
-                };
-                let env = statement.sign(&self.signer.timestamp_key);
-                p.freshness
-                    .insert(channel.clone(), Bytes::from(env.to_json_bytes()));
-            }
-        }
-        let generation = self.load().generation + 1;
+    fn swap(
+        &self,
+        current: &Snapshot,
+        products: HashMap<String, Arc<ProductCatalog>>,
+        channels: BTreeSet<String>,
+    ) {
         self.current.store(Arc::new(Snapshot {
-            generation,
+            generation: current.generation + 1,
             products,
+            channels,
             keyset_json: Bytes::from(self.signer.keyset.envelope.to_json_bytes()),
-            signed_at: Some(now),
         }));
     }
+}
+
+#[derive(Clone, Copy)]
+enum Scope {
+    /// The given products are the whole catalog.
+    Everything,
+    /// Only the given products changed.
+    Only,
 }
 
 #[cfg(test)]
@@ -290,10 +386,21 @@ mod tests {
     }
 
     fn stored(key: &PrivateKey, version: &str, seq: u64, rollout_bp: u16) -> StoredRelease {
+        stored_for(key, "P", "stable", version, seq, rollout_bp)
+    }
+
+    fn stored_for(
+        key: &PrivateKey,
+        product: &str,
+        channel: &str,
+        version: &str,
+        seq: u64,
+        rollout_bp: u16,
+    ) -> StoredRelease {
         let m = ReleaseManifest {
-            product: "P".into(),
+            product: product.into(),
             version: version.parse().unwrap(),
-            channel: "stable".into(),
+            channel: channel.into(),
             seq,
             artifact: ArtifactRef {
                 sha256: "a".repeat(64),
@@ -305,9 +412,9 @@ mod tests {
             released_at: Utc::now(),
         };
         StoredRelease {
-            product: "P".into(),
+            product: product.into(),
             version: version.into(),
-            channel: "stable".into(),
+            channel: channel.into(),
             seq,
             envelope: m.sign(key).unwrap().to_pretty_json(),
             rollout_bp,
@@ -349,5 +456,50 @@ mod tests {
         let f2 = verifier.verify_freshness(&f2, Utc::now()).unwrap();
         assert!(f2.expires >= f1.expires);
         assert_eq!(snap2.release_count(), 2);
+    }
+
+    #[test]
+    fn a_change_rebuilds_only_its_own_product() {
+        let (signer, key) = signer();
+        let catalog = Catalog::new(signer, String::new());
+        let a1 = stored_for(&key, "A", "stable", "1.0.0", 1, 10_000);
+        let b1 = stored_for(&key, "B", "stable", "1.0.0", 1, 10_000);
+        catalog.replace(vec![a1.clone(), b1.clone()]);
+        let before = catalog.load_full();
+
+        let a2 = stored_for(&key, "A", "stable", "1.1.0", 2, 10_000);
+        catalog.replace_product("A", vec![a1.clone(), a2.clone()]);
+        let after = catalog.load_full();
+        assert!(Arc::ptr_eq(&before.products["B"], &after.products["B"]));
+        let a = &after.products["A"];
+        assert_eq!(a.releases[0].manifest.version.to_string(), "1.1.0");
+        assert!(
+            Arc::ptr_eq(&before.products["A"].releases[0], &a.releases[1]),
+            "the unchanged release is not parsed again"
+        );
+        assert_ne!(
+            a.freshness("stable"),
+            before.products["A"].freshness("stable")
+        );
+
+        // The same catalog from another instance changes nothing.
+        catalog.replace(vec![b1.clone(), a2.clone(), a1.clone()]);
+        let same = catalog.load_full();
+        assert!(Arc::ptr_eq(&after.products["A"], &same.products["A"]));
+        assert!(Arc::ptr_eq(&after.products["B"], &same.products["B"]));
+        assert_eq!(same.generation, after.generation + 1);
+
+        // A new channel is answered by every product.
+        let n = stored_for(&key, "A", "nightly", "1.2.0-n.1", 3, 10_000);
+        catalog.replace_product("A", vec![a1.clone(), a2.clone(), n]);
+        let snap = catalog.load_full();
+        assert!(snap.products["B"].freshness("nightly").is_some());
+        assert_eq!(snap.channels.len(), 3);
+
+        // A product with no releases left is gone; a full replace drops it too.
+        catalog.replace_product("A", vec![]);
+        assert!(catalog.load().product("A").is_none());
+        catalog.replace(vec![]);
+        assert!(catalog.load().products.is_empty());
     }
 }
