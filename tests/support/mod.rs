@@ -8,5 +8,6 @@ pub mod push_suite;
 pub mod redis_proc;
 pub mod release;
 pub mod s3s;
+pub mod scan;
 pub mod server;
 pub mod state_suite;

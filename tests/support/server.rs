@@ -141,3 +141,86 @@ impl Drop for ServeProcess {
         self.kill();
     }
 }
+
+/// Like [`spawn_server_with`], with `envs` set (e.g. `RUST_LOG`) and
+/// everything the process writes, stdout and stderr, captured in the file
+/// [`TestServer::log_path`].
+pub fn spawn_server_logged(extra: &str, envs: &[(&str, &str)]) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    super::cli::firmcast(dir.path(), &["keys", "init", "--dir", "keys"]).ok();
+    let (token, entry) = make_token(dir.path(), "test-admin", "admin");
+    let limits = if extra.contains("[limits]") {
+        ""
+    } else {
+        "[limits]\nper_ip_rps = 0\n"
+    };
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n{entry}\n{extra}\n{limits}"
+    );
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let log = std::fs::File::create(dir.path().join(LOG_FILE)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_firmcast"));
+    cmd.current_dir(dir.path())
+        .args(["serve", "--config", "config.toml"])
+        .env_remove("RUST_LOG")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("firmcast serve starts");
+    let mut server = TestServer {
+        url: String::new(),
+        token,
+        dir,
+        child,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    server.url = loop {
+        let log = server.log();
+        if let Some(url) = log
+            .lines()
+            .find_map(|l| l.strip_prefix("firmcast listening on "))
+        {
+            break url.to_owned();
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!("firmcast serve exited with {status}:\n{log}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "firmcast serve prints its address within 30 s:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    server
+}
+
+const LOG_FILE: &str = "serve.log";
+
+impl TestServer {
+    /// Where [`spawn_server_logged`] captures the output (empty otherwise).
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join(LOG_FILE)
+    }
+
+    /// What the process has written so far (see [`spawn_server_logged`]).
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.log_path()).unwrap_or_default()).into_owned()
+    }
+
+    /// SIGTERM, then waits up to 15 s for a graceful exit (SIGKILL after).
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+}
