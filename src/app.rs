@@ -53,12 +53,19 @@ impl Application {
         let fanout = Arc::new(build_fanout(&settings, push.clone())?);
 
         let catalog = Catalog::new(signer, settings.server.public_url.clone());
+        let read = Instant::now();
         let releases = state
             .list_releases(None)
             .await
             .context("cannot read releases from the state store")?;
+        let build = Instant::now();
         catalog.replace(releases);
-        tracing::info!(releases = catalog.load().release_count(), "catalog loaded");
+        tracing::info!(
+            releases = catalog.load().release_count(),
+            read_ms = (build - read).as_millis() as u64,
+            build_ms = build.elapsed().as_millis() as u64,
+            "catalog loaded"
+        );
 
         let tokens = settings
             .admin

@@ -12,6 +12,27 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// Reads of this size keep syscalls and chunk overhead small on big files.
 const READ_CHUNK: usize = 256 * 1024;
+/// Ranges (and files) up to this size are read in one go into one buffer;
+/// larger ones stream, so a slow reader holds at most a chunk.
+const ONE_READ_MAX: u64 = 1 << 20;
+
+/// `len` bytes at `offset`, or fewer if the file is shorter.
+fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<bytes::Bytes> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; len as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf.into())
+}
 
 pub struct LocalBlobStore {
     root: PathBuf,
@@ -118,6 +139,22 @@ impl BlobStore for LocalBlobStore {
 
     async fn get(&self, sha256: &str, range: Range<u64>) -> Result<ByteStream, BlobError> {
         let path = self.path_for(sha256)?;
+        let len = range.end.saturating_sub(range.start);
+        if len <= ONE_READ_MAX {
+            // One trip to the blocking pool (open, pread, close) instead of
+            // one per open, seek and chunk: what ranged requests mostly are.
+            let sha = sha256.to_owned();
+            let bytes = tokio::task::spawn_blocking(move || read_range(&path, range.start, len))
+                .await
+                .map_err(|e| BlobError::Io(e.to_string()))?
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => BlobError::NotFound(sha),
+                    _ => io(e),
+                })?;
+            return Ok(Box::pin(futures_util::stream::once(
+                async move { Ok(bytes) },
+            )));
+        }
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

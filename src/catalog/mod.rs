@@ -11,13 +11,13 @@ use crate::state::StoredRelease;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use firmcast_signing::{Envelope, Freshness, ReleaseManifest, VerifiedKeyset};
+use firmcast_signing::{Envelope, Freshness, PrivateKey, ReleaseManifest, VerifiedKeyset};
 use semver::Version;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Channels every product answers for, even before a release uses them.
 const BASE_CHANNELS: [&str; 2] = ["stable", "beta"];
@@ -25,17 +25,20 @@ const BASE_CHANNELS: [&str; 2] = ["stable", "beta"];
 /// One release as the hot path needs it: parsed, with its offer pre-serialized.
 #[derive(Debug)]
 pub struct Release {
+    /// As stored, but `envelope` is empty: the offer holds its bytes.
     pub stored: StoredRelease,
     pub manifest: ReleaseManifest,
-    /// `{"version","url","size","sha256","critical","notes","release"}`.
+    /// `{"version","url","size","sha256","critical","notes","release"}`,
+    /// ending with the stored envelope verbatim.
     pub offer_json: Bytes,
+    envelope_len: usize,
 }
 
 impl Release {
-    pub fn new(stored: StoredRelease, public_url: &str) -> anyhow::Result<Self> {
+    pub fn new(mut stored: StoredRelease, public_url: &str) -> anyhow::Result<Self> {
         let env = Envelope::parse(stored.envelope.as_bytes())?;
         let manifest = ReleaseManifest::parse(&env.payload)?;
-        let release_raw = RawValue::from_string(stored.envelope.clone())?;
+        let release_raw: &RawValue = serde_json::from_str(&stored.envelope)?;
         #[derive(Serialize)]
         struct Offer<'a> {
             version: String,
@@ -56,14 +59,59 @@ impl Release {
             sha256: &manifest.artifact.sha256,
             critical: manifest.critical,
             notes: &manifest.notes,
-            release: &release_raw,
+            release: release_raw,
         };
-        let offer_json = Bytes::from(serde_json::to_vec(&offer)?);
+        let mut offer_json = serde_json::to_vec(&offer)?;
+        offer_json.shrink_to_fit(); // kept for the process's life: no growth slack
+        let offer_json = Bytes::from(offer_json);
+        let envelope_len = release_raw.get().len();
+        debug_assert!(offer_json[..offer_json.len() - 1].ends_with(release_raw.get().as_bytes()));
+        stored.envelope = String::new();
         Ok(Release {
             stored,
             manifest,
             offer_json,
+            envelope_len,
         })
+    }
+
+    /// The signed envelope as stored.
+    pub fn envelope(&self) -> &[u8] {
+        let end = self.offer_json.len() - 1; // the offer's closing brace
+        &self.offer_json[end - self.envelope_len..end]
+    }
+
+    /// True when `s` is the stored form this release was built from.
+    fn built_from(&self, s: &StoredRelease) -> bool {
+        let StoredRelease {
+            product,
+            version,
+            channel,
+            seq,
+            envelope,
+            rollout_bp,
+            paused,
+            yanked,
+            seed,
+            published_at,
+            published_by,
+            updated_at,
+        } = s;
+        let r = &self.stored;
+        (
+            product, version, channel, seq, rollout_bp, paused, yanked, seed,
+        ) == (
+            &r.product,
+            &r.version,
+            &r.channel,
+            &r.seq,
+            &r.rollout_bp,
+            &r.paused,
+            &r.yanked,
+            &r.seed,
+        ) && (published_at, published_by, updated_at)
+            == (&r.published_at, &r.published_by, &r.updated_at)
+            && envelope.trim().as_bytes() == self.envelope()
     }
 
     fn visible_in(&self, channel: &str) -> bool {
@@ -79,12 +127,40 @@ impl Release {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProductCatalog {
+    name: String,
     /// Newest version first.
     releases: Vec<Arc<Release>>,
-    /// Channel -> signed freshness envelope JSON.
-    freshness: HashMap<String, Bytes>,
+    /// Channel -> freshness statement, signed on first use.
+    freshness: HashMap<String, Statement>,
+    stamp: Arc<Stamp>,
+}
+
+/// What every statement of one build shares: the key, the keyset version
+/// and the expiry.
+struct Stamp {
+    key: Arc<PrivateKey>,
+    keyset_version: u64,
+    expires: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stamp")
+            .field("keyset_version", &self.keyset_version)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One product and channel's statement. Signing waits for the first check
+/// that needs it: a start-up or a re-sign over thousands of products then
+/// signs only what clients ask for, once per build.
+#[derive(Debug)]
+struct Statement {
+    latest_seq: u64,
+    signed: OnceLock<Bytes>,
 }
 
 impl ProductCatalog {
@@ -94,8 +170,21 @@ impl ProductCatalog {
             .find(|r| r.manifest.version == *version)
     }
 
+    /// The signed freshness envelope JSON for `channel`.
     pub fn freshness(&self, channel: &str) -> Option<&Bytes> {
-        self.freshness.get(channel)
+        let (channel, statement) = self.freshness.get_key_value(channel)?;
+        Some(statement.signed.get_or_init(|| {
+            let stamp = &self.stamp;
+            let env = Freshness {
+                product: self.name.clone(),
+                channel: channel.clone(),
+                latest_seq: statement.latest_seq,
+                keyset_version: stamp.keyset_version,
+                expires: stamp.expires,
+            }
+            .sign(&stamp.key);
+            Bytes::from(env.to_json_bytes())
+        }))
     }
 
     /// True when `stored` is exactly the releases this entry was built from.
@@ -103,7 +192,7 @@ impl ProductCatalog {
         self.releases.len() == stored.len()
             && stored
                 .iter()
-                .all(|s| self.releases.iter().any(|r| r.stored == *s))
+                .all(|s| self.releases.iter().any(|r| r.built_from(s)))
     }
 
     /// The newest release this client may take: stepping stones through
@@ -218,12 +307,12 @@ impl Catalog {
         let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.load_full();
         let mut products = HashMap::with_capacity(current.products.len());
-        let expires = Utc::now() + self.signer.ttl;
+        let stamp = self.stamp();
         for (name, p) in &current.products {
             let releases = p.releases.clone();
             products.insert(
                 name.clone(),
-                Arc::new(self.product(name, releases, &current.channels, expires)),
+                Arc::new(self.product(name, releases, &current.channels, &stamp)),
             );
         }
         self.swap(&current, products, current.channels.clone());
@@ -238,7 +327,7 @@ impl Catalog {
         channels.extend(changed.values().flatten().map(|s| s.channel.clone()));
         // A new channel must be answered by every product: re-sign them all.
         let resign_all = channels != current.channels;
-        let expires = Utc::now() + self.signer.ttl;
+        let stamp = self.stamp();
 
         let mut products = match scope {
             Scope::Everything => HashMap::with_capacity(changed.len()),
@@ -257,13 +346,13 @@ impl Catalog {
             let releases = self.parse(stored, old);
             products.insert(
                 name.clone(),
-                Arc::new(self.product(&name, releases, &channels, expires)),
+                Arc::new(self.product(&name, releases, &channels, &stamp)),
             );
         }
         if resign_all {
             for (name, p) in products.iter_mut() {
                 if p.freshness.len() != channels.len() {
-                    *p = Arc::new(self.product(name, p.releases.clone(), &channels, expires));
+                    *p = Arc::new(self.product(name, p.releases.clone(), &channels, &stamp));
                 }
             }
         }
@@ -280,7 +369,7 @@ impl Catalog {
     ) -> Vec<Arc<Release>> {
         let mut releases = Vec::with_capacity(stored.len());
         for s in stored {
-            let reuse = old.and_then(|o| o.releases.iter().find(|r| r.stored == s));
+            let reuse = old.and_then(|o| o.releases.iter().find(|r| r.built_from(&s)));
             if let Some(r) = reuse {
                 releases.push(r.clone());
                 continue;
@@ -303,7 +392,7 @@ impl Catalog {
         name: &str,
         releases: Vec<Arc<Release>>,
         channels: &BTreeSet<String>,
-        expires: DateTime<Utc>,
+        stamp: &Arc<Stamp>,
     ) -> ProductCatalog {
         let mut freshness = HashMap::with_capacity(channels.len());
         for channel in channels {
@@ -313,20 +402,24 @@ impl Catalog {
                 .map(|r| r.manifest.seq)
                 .max()
                 .unwrap_or(0);
-            let statement = Freshness {
-                product: name.to_owned(),
-                channel: channel.clone(),
-                latest_seq,
-                keyset_version: self.signer.keyset.version(),
-                expires,
-            };
-            let env = statement.sign(&self.signer.timestamp_key);
-            freshness.insert(channel.clone(), Bytes::from(env.to_json_bytes()));
+            let signed = OnceLock::new();
+            freshness.insert(channel.clone(), Statement { latest_seq, signed });
         }
         ProductCatalog {
+            name: name.to_owned(),
             releases,
             freshness,
+            stamp: stamp.clone(),
         }
+    }
+
+    /// Statements signed from now on expire one TTL ahead.
+    fn stamp(&self) -> Arc<Stamp> {
+        Arc::new(Stamp {
+            key: self.signer.timestamp_key.clone(),
+            keyset_version: self.signer.keyset.version(),
+            expires: Utc::now() + self.signer.ttl,
+        })
     }
 
     fn swap(
@@ -377,7 +470,7 @@ mod tests {
         (
             Signer {
                 keyset,
-                timestamp_key: ts,
+                timestamp_key: Arc::new(ts),
                 ttl: Duration::hours(24),
                 history: Default::default(),
             },

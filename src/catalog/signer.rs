@@ -9,12 +9,13 @@ use chrono::Duration;
 use firmcast_signing::{Envelope, Keyset, PrivateKey, PublicKey, Role, VerifiedKeyset};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// What signs freshness statements: the online timestamp key, checked at
 /// start-up to belong to the keyset's timestamp role.
 pub struct Signer {
     pub keyset: VerifiedKeyset,
-    pub timestamp_key: PrivateKey,
+    pub timestamp_key: Arc<PrivateKey>,
     pub ttl: Duration,
     /// Earlier keyset envelopes by version, each checked to be signed by the
     /// root of the one before it, up to the current keyset.
@@ -63,7 +64,7 @@ pub fn load_signer(settings: &Settings) -> Result<Signer> {
     let history = load_history(&settings.keyset_history_dir(), &keyset)?;
     Ok(Signer {
         keyset,
-        timestamp_key,
+        timestamp_key: Arc::new(timestamp_key),
         ttl: chrono::Duration::hours(s.freshness_ttl_hours as i64),
         history,
     })

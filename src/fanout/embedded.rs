@@ -15,6 +15,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// redb's page cache (1 GiB by default). A fan-out walks the index once;
+/// caching all of it would grow RSS with the token count.
+const CACHE_BYTES: usize = 64 << 20;
+
 const BACKEND: &str = "embedded";
 
 /// member key (`provider:token`) -> Subscription JSON.
@@ -52,7 +56,10 @@ impl EmbeddedPushStore {
                 reason: format!("cannot create {}: {e}", dir.display()),
             })?;
         }
-        let db = Database::create(path).db()?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .db()?;
         let txn = db.begin_write().db()?;
         txn.open_table(SUBS).db()?;
         txn.open_table(INDEX).db()?;

@@ -11,6 +11,10 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{AuditEntry, ReleasePatch, StateError, StateStore, StoredRelease};
 
+/// redb's page cache (1 GiB by default). Releases are read at start-up
+/// and after changes, then served from the catalog snapshot.
+const CACHE_BYTES: usize = 2 << 20;
+
 const BACKEND: &str = "embedded";
 
 /// (product, seq) -> `StoredRelease` JSON. Keyed by seq so a product's
@@ -51,7 +55,11 @@ impl EmbeddedStateStore {
                 dir.display()
             )))
         })?;
-        let db = Database::create(path).db().map_err(at)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .db()
+            .map_err(at)?;
         // Created up front so read transactions never meet a missing table.
         let txn = db.begin_write().db().map_err(at)?;
         txn.open_table(RELEASES).db().map_err(at)?;
