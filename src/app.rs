@@ -2,7 +2,7 @@
 //! told to stop. Tests build it with `listen = 127.0.0.1:0` and run it in
 //! process against the real backends.
 
-use crate::api::{self, AppState, PeerAddr, Shared};
+use crate::api::{self, AppState, ClientAddr, Shared};
 use crate::blob::{local::LocalBlobStore, BlobStore};
 use crate::catalog::{signer::load_signer, Catalog};
 use crate::config::{BlobBackend, Settings};
@@ -163,11 +163,10 @@ impl Application {
             let _ = stream.set_nodelay(true);
             let service = service.clone();
             let limits_state = state.clone();
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(PeerAddr(peer));
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let method = req.method().clone();
-                    let path = req.uri().path().to_owned();
+                    let uri = req.uri().clone(); // shares the bytes
                     let started = Instant::now();
                     let mut service = service.clone();
                     // Overload protection before any handler (crate::limits).
@@ -178,20 +177,28 @@ impl Application {
                             .and_then(|v| v.to_str().ok()),
                         &limits_state.settings.server.trusted_proxies,
                     );
-                    let admitted = limits_state.limits.admit(&path, client);
+                    let admitted = limits_state.limits.admit(uri.path(), client);
                     let timeout = limits_state.limits.body_read_timeout();
-                    let req = req.map(|b| crate::limits::TimeoutBody::new(b, timeout));
+                    let mut req = req.map(|b| crate::limits::TimeoutBody::new(b, timeout));
+                    // The update check answers without warp: the hot path.
+                    let fast = match &admitted {
+                        Ok(_) => api::updates::fast_check(&req, client, &limits_state),
+                        Err(_) => None,
+                    };
+                    if fast.is_none() {
+                        req.extensions_mut().insert(ClientAddr(client));
+                    }
                     async move {
                         use tower_service::Service;
-                        let resp = match admitted {
-                            Ok(_slot) => service.call(req).await?,
-                            Err(refused) => refused.into_response(),
+                        let resp = match (admitted, fast) {
+                            (Ok(_slot), Some(resp)) => resp,
+                            (Ok(_slot), None) => service.call(req).await?,
+                            (Err(refused), _) => refused.into_response(),
                         };
-                        log_request(&method, &path, resp.status(), peer, started);
+                        log_request(&method, uri.path(), resp.status(), peer, started);
                         Ok::<_, std::convert::Infallible>(resp)
                     }
-                },
-            );
+                });
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .into_owned();
@@ -225,7 +232,10 @@ fn log_request(
     peer: SocketAddr,
     started: Instant,
 ) {
-    let client = crate::privacy::ip_prefix(peer.ip());
+    if !status.is_server_error() && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let client = crate::privacy::IpPrefix(peer.ip());
     let micros = started.elapsed().as_micros() as u64;
     let path = if path.len() > 200 {
         &path[..path.floor_char_boundary(200)]
@@ -233,9 +243,9 @@ fn log_request(
         path
     };
     if status.is_server_error() {
-        tracing::warn!(%method, path, status = status.as_u16(), client, micros, "request");
+        tracing::warn!(%method, path, status = status.as_u16(), %client, micros, "request");
     } else {
-        tracing::debug!(%method, path, status = status.as_u16(), client, micros, "request");
+        tracing::debug!(%method, path, status = status.as_u16(), %client, micros, "request");
     }
 }
 

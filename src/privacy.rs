@@ -4,14 +4,25 @@
 use std::net::IpAddr;
 
 pub fn ip_prefix(ip: IpAddr) -> String {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+    IpPrefix(ip).to_string()
+}
+
+/// Displays as [`ip_prefix`] does; formats only when written, so a log
+/// line that is filtered out costs nothing.
+#[derive(Clone, Copy)]
+pub struct IpPrefix(pub IpAddr);
+
+impl std::fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.to_canonical() {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                write!(f, "{}.{}.{}.0/24", o[0], o[1], o[2])
+            }
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                write!(f, "{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+            }
         }
     }
 }

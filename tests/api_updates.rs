@@ -258,6 +258,63 @@ async fn batch_answers_in_order_with_per_item_errors() {
     app.stop().await;
 }
 
+/// Plain checks take a fast path around warp; anything needing decoding
+/// takes the warp route. Both must answer byte for byte alike.
+#[tokio::test]
+async fn the_fast_path_and_the_warp_route_agree() {
+    let app = spawn_app().await;
+    let (a, b) = (firmware(100, 1), firmware(100, 2));
+    app.publish(&Rel::new("P-1", "1.1.0", 1, &a), 100.0).await;
+    let beta = Rel {
+        channel: "beta",
+        ..Rel::new("P-1", "1.2.0", 2, &b)
+    };
+    app.publish(&beta, 100.0).await;
+    let get = |path: &'static str, inm: Option<String>| {
+        let mut req = app.client.get(format!("{}{path}", app.url));
+        if let Some(tag) = inm {
+            req = req.header("if-none-match", tag);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let (status, h) = (r.status().as_u16(), r.headers().clone());
+            let etag = h.get("etag").map(|v| v.to_str().unwrap().to_owned());
+            (
+                status,
+                etag,
+                h.get("cache-control").cloned(),
+                r.bytes().await.unwrap(),
+            )
+        }
+    };
+    // A percent-escape in the query is decoded only by warp: it takes that route.
+    for (plain, encoded) in [
+        ("/v1/updates/P-1/1.0.0", "/v1/updates/P-1/1.0.0?z=%20"),
+        (
+            "/v1/updates/P-1/1.0.0?channel=beta",
+            "/v1/updates/P-1/1.0.0?channel=b%65ta",
+        ),
+        (
+            "/v1/updates/P-1/1.0.0?x=1&channel=beta",
+            "/v1/updates/P-1/1.0.0?channel=beta&y=a+b",
+        ),
+        ("/v1/updates/Q/1.0.0", "/v1/updates/Q/1.0.0?q=%41"),
+        ("/v1/updates/P-1/1.0", "/v1/updates/P-1/1.0?q=%41"),
+        ("/v1/updates/P%2D1/1.0.0", "/v1/updates/P%2D1/1.0.0?q=%41"),
+    ] {
+        let (fast, slow) = (get(plain, None).await, get(encoded, None).await);
+        assert_eq!(fast, slow, "{plain} vs {encoded}");
+        if let Some(tag) = fast.1.clone() {
+            assert_eq!(get(plain, Some(tag.clone())).await.0, 304);
+            assert_eq!(get(encoded, Some(tag)).await.0, 304);
+        }
+    }
+    // A repeated channel is refused, whichever route it takes.
+    let r = get("/v1/updates/P-1/1.0.0?channel=beta&channel=stable", None).await;
+    assert_eq!(r.0, 400, "{:?}", r.3);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn etag_and_no_cookies() {
     let app = spawn_app().await;

@@ -9,7 +9,7 @@ mod jobs;
 mod ops;
 mod push;
 pub mod range;
-mod updates;
+pub mod updates;
 
 use crate::blob::BlobStore;
 use crate::catalog::Catalog;
@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::StateStore;
 use bytes::Bytes;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderValue};
@@ -42,9 +42,11 @@ pub struct AppState {
 
 pub type Shared = Arc<AppState>;
 
-/// The TCP peer, set by the accept loop on every request.
+/// The client address, set by the accept loop on every request: the TCP
+/// peer, or the right-most address in X-Forwarded-For that is not a trusted
+/// proxy when the peer is one (see [`resolve_client`]).
 #[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub SocketAddr);
+pub struct ClientAddr(pub IpAddr);
 
 /// Largest JSON body any endpoint takes (a batch of 32 items or a release).
 pub const MAX_JSON_BODY: u64 = 64 * 1024;
@@ -74,17 +76,10 @@ pub(crate) fn with_state(
     warp::any().map(move || state.clone())
 }
 
-/// The client address: the TCP peer, or the right-most address in
-/// X-Forwarded-For that is not a trusted proxy when the peer is one.
-pub(crate) fn client_ip(state: Shared) -> BoxedFilter<(IpAddr,)> {
-    warp::ext::optional::<PeerAddr>()
-        .and(warp::header::optional::<String>("x-forwarded-for"))
-        .map(move |peer: Option<PeerAddr>, xff: Option<String>| {
-            let peer = peer
-                .map(|p| p.0.ip().to_canonical())
-                .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-            resolve_client(peer, xff.as_deref(), &state.settings.server.trusted_proxies)
-        })
+/// The client address the accept loop resolved ([`ClientAddr`]).
+pub(crate) fn client_ip() -> BoxedFilter<(IpAddr,)> {
+    warp::ext::optional::<ClientAddr>()
+        .map(|c: Option<ClientAddr>| c.map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0))
         .boxed()
 }
 

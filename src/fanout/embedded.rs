@@ -366,7 +366,12 @@ impl PushStore for EmbeddedPushStore {
                     None => None,
                 }
             };
-            txn.commit().db()?;
+            if claimed.is_some() {
+                txn.commit().db()?;
+            } else {
+                // Nothing to do (the idle poll): no commit, so no fsync.
+                txn.abort().db()?;
+            }
             Ok(claimed)
         })
         .await
