@@ -14,8 +14,8 @@ pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
     warp::path!("v1" / "artifacts" / String / String)
         .and(warp::get().or(warp::head()).unify())
         .and(warp::method())
-        .and(warp::header::optional::<String>("range"))
-        .and(warp::header::optional::<String>("if-range"))
+        .and(lenient_header("range"))
+        .and(lenient_header("if-range"))
         .and(with_state(state))
         .then(
             |product, version, method, range, if_range, state| async move {
@@ -25,6 +25,19 @@ pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
             },
         )
         .boxed()
+}
+
+/// A header as text, `None` when absent. Unlike `warp::header::optional`,
+/// bytes beyond visible ASCII do not reject the request with a 400: a Range
+/// the server cannot read is ignored and such an If-Range never matches, so
+/// the client gets the whole file (RFC 9110 14.2, 13.1.5).
+fn lenient_header(
+    name: &'static str,
+) -> impl Filter<Extract = (Option<String>,), Error = std::convert::Infallible> + Clone {
+    warp::header::headers_cloned().map(move |h: warp::http::HeaderMap| {
+        h.get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    })
 }
 
 async fn download(
