@@ -188,10 +188,14 @@ impl Application {
                     if fast.is_none() {
                         req.extensions_mut().insert(ClientAddr(client));
                     }
+                    let state = limits_state.clone();
                     async move {
                         use tower_service::Service;
                         let resp = match (admitted, fast) {
                             (Ok(_slot), Some(resp)) => resp,
+                            (Ok(_slot), None) if api::updates::is_plain_batch(&req) => {
+                                api::updates::fast_batch(req, client, state).await
+                            }
                             (Ok(_slot), None) => service.call(req).await?,
                             (Err(refused), _) => refused.into_response(),
                         };

@@ -112,30 +112,39 @@ pub(crate) fn json_body(limit: u64) -> BoxedFilter<(Result<Bytes, ApiError>,)> {
         .and(warp::body::stream())
         .then(
             move |ct: Option<String>, len: Option<u64>, body| async move {
-                let is_json = ct
-                    .as_deref()
-                    .map(|c| {
-                        c.split(';')
-                            .next()
-                            .unwrap_or("")
-                            .trim()
-                            .eq_ignore_ascii_case("application/json")
-                    })
-                    .unwrap_or(false);
-                if !is_json {
-                    return Err(ApiError::new(
-                        warp::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        "unsupported_media_type",
-                        "send the body as JSON with Content-Type: application/json",
-                    ));
-                }
-                if len.is_some_and(|l| l > limit) {
-                    return Err(too_large(limit));
-                }
+                json_headers_ok(ct.as_deref(), len, limit)?;
                 read_limited(body, limit).await
             },
         )
         .boxed()
+}
+
+/// A JSON body is announced as JSON and not announced as too large.
+pub(crate) fn json_headers_ok(
+    ct: Option<&str>,
+    len: Option<u64>,
+    limit: u64,
+) -> Result<(), ApiError> {
+    let is_json = ct
+        .map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
+        .unwrap_or(false);
+    if !is_json {
+        return Err(ApiError::new(
+            warp::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ));
+    }
+    if len.is_some_and(|l| l > limit) {
+        return Err(too_large(limit));
+    }
+    Ok(())
 }
 
 fn too_large(limit: u64) -> ApiError {
@@ -146,8 +155,8 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
-async fn read_limited(
-    body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
+pub(crate) async fn read_limited<E: std::fmt::Display>(
+    body: impl futures_util::Stream<Item = Result<impl bytes::Buf, E>>,
     limit: u64,
 ) -> Result<Bytes, ApiError> {
     use futures_util::StreamExt;
@@ -187,7 +196,7 @@ pub(crate) fn query<T: serde::de::DeserializeOwned + Send + 'static>(
 }
 
 /// Parses JSON into `T`, with serde's own description of what is wrong.
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("the JSON body is invalid: {e}")))
 }

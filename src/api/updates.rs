@@ -9,6 +9,7 @@ use crate::catalog::Snapshot;
 use crate::error::ApiError;
 use bytes::Bytes;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderValue, StatusCode};
@@ -181,6 +182,43 @@ pub fn fast_check<B>(
     ))
 }
 
+/// `POST /v1/updates` whose headers parse as warp would parse them: the
+/// batch check can then be read without warp ([`fast_batch`]). Anything odd
+/// (a non-UTF-8 Content-Type, a malformed Content-Length) takes the warp
+/// route, so both answer alike.
+pub fn is_plain_batch<B>(req: &warp::http::Request<B>) -> bool {
+    let h = req.headers();
+    req.method() == warp::http::Method::POST
+        && req.uri().path() == "/v1/updates"
+        && h.get(header::CONTENT_TYPE)
+            .is_none_or(|v| v.to_str().is_ok())
+        && h.get(header::CONTENT_LENGTH).is_none_or(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some()
+        })
+}
+
+/// The batch check for a request [`is_plain_batch`] accepted.
+pub async fn fast_batch<B>(req: warp::http::Request<B>, ip: IpAddr, state: Shared) -> Response
+where
+    B: hyper::body::Body,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    let h = req.headers();
+    let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let len = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let body = match super::json_headers_ok(ct, len, MAX_JSON_BODY) {
+        Ok(()) => super::read_limited(req.into_body().into_data_stream(), MAX_JSON_BODY).await,
+        Err(e) => Err(e),
+    };
+    check_batch(body, ip, state)
+}
+
 fn check_update(
     product: &str,
     version: &str,
@@ -255,19 +293,23 @@ struct CheckQuery {
     channel: Option<String>,
 }
 
+/// Borrowed from the body where no escapes force a copy.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchRequest {
-    items: Vec<BatchItem>,
+struct BatchRequest<'a> {
+    #[serde(borrow)]
+    items: Vec<BatchItem<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchItem {
-    product: String,
-    version: String,
-    #[serde(default)]
-    channel: Option<String>,
+struct BatchItem<'a> {
+    #[serde(borrow)]
+    product: Cow<'a, str>,
+    #[serde(borrow)]
+    version: Cow<'a, str>,
+    #[serde(default, borrow)]
+    channel: Option<Cow<'a, str>>,
 }
 
 fn check_batch(body: Result<Bytes, ApiError>, ip: IpAddr, state: Shared) -> Response {
@@ -283,7 +325,8 @@ fn check_batch(body: Result<Bytes, ApiError>, ip: IpAddr, state: Shared) -> Resp
             ));
         }
         let snap = state.catalog.load();
-        let mut out = Vec::with_capacity(1024 * req.items.len());
+        // Sized for the usual answer (offer and freshness): no regrowth.
+        let mut out = Vec::with_capacity(64 + 2048 * req.items.len());
         out.extend_from_slice(b"{\"results\":[");
         for (i, item) in req.items.iter().enumerate() {
             if i > 0 {
@@ -292,26 +335,23 @@ fn check_batch(body: Result<Bytes, ApiError>, ip: IpAddr, state: Shared) -> Resp
             let channel = item.channel.as_deref().unwrap_or("stable");
             out.push(b'{');
             for (k, v) in [("product", &item.product), ("version", &item.version)] {
-                out.extend_from_slice(format!("{}:{},", json_str(k), json_str(v)).as_bytes());
+                field(&mut out, k, v);
+                out.push(b',');
             }
             match resolve(&snap, &item.product, &item.version, channel, ip) {
                 Ok(a) => {
                     state
                         .metrics
                         .check(if a.offer.is_some() { "update" } else { "none" });
-                    out.extend_from_slice(format!("\"channel\":{},", json_str(channel)).as_bytes());
+                    field(&mut out, "channel", channel);
+                    out.push(b',');
                     write_answer(&mut out, &a);
                 }
                 Err(e) => {
                     state.metrics.check("error");
-                    out.extend_from_slice(
-                        format!(
-                            "\"error\":{},\"message\":{}",
-                            json_str(e.code),
-                            json_str(&e.message)
-                        )
-                        .as_bytes(),
-                    );
+                    field(&mut out, "error", e.code);
+                    out.push(b',');
+                    field(&mut out, "message", &e.message);
                 }
             }
             out.push(b'}');
@@ -326,8 +366,12 @@ fn check_batch(body: Result<Bytes, ApiError>, ip: IpAddr, state: Shared) -> Resp
     }))
 }
 
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).expect("strings always serialize")
+/// `"key":"value"` with the value escaped as JSON, straight into `out`.
+fn field(out: &mut Vec<u8>, key: &str, value: &str) {
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    serde_json::to_writer(&mut *out, value).expect("strings always serialize");
 }
 
 #[cfg(test)]
