@@ -4,6 +4,7 @@
 pub mod app;
 pub mod blob_suite;
 pub mod cli;
+pub mod fuzz_http;
 pub mod push_suite;
 pub mod redis_proc;
 pub mod release;
