@@ -157,7 +157,7 @@ pub fn fast_check<B>(
     }
     let mut channel = None;
     for pair in req.uri().query().unwrap_or("").split('&') {
-        if pair.contains(['%', '+']) {
+        if pair.contains(['%', '+']) || pair == "channel" {
             return None;
         }
         if let Some(value) = pair.strip_prefix("channel=") {
