@@ -306,16 +306,22 @@ impl PushStore for EmbeddedPushStore {
         .await
     }
 
-    async fn enqueue(&self, batch: &Batch) -> Result<(), StateError> {
-        let batch = batch.clone();
+    async fn enqueue_all(&self, batches: &[Batch]) -> Result<(), StateError> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let batches = batches.to_vec();
         self.run(move |db| {
             let txn = db.begin_write().db()?;
             {
                 let mut meta = txn.open_table(META).db()?;
-                let seq = meta.get("queue_seq").db()?.map(|v| v.value()).unwrap_or(0) + 1;
-                meta.insert("queue_seq", seq).db()?;
+                let mut seq = meta.get("queue_seq").db()?.map(|v| v.value()).unwrap_or(0);
                 let mut pending = txn.open_table(PENDING).db()?;
-                pending.insert(seq, encode(&batch).as_str()).db()?;
+                for batch in &batches {
+                    seq += 1;
+                    pending.insert(seq, encode(batch).as_str()).db()?;
+                }
+                meta.insert("queue_seq", seq).db()?;
             }
             txn.commit().db()
         })

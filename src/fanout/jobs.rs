@@ -65,16 +65,16 @@ pub async fn start(
     };
     store.put_job(&job).await?;
     if !dry_run {
-        for (first, last) in ranges {
-            store
-                .enqueue(&Batch {
-                    job_id: job.id.clone(),
-                    product: product.to_owned(),
-                    first,
-                    last,
-                })
-                .await?;
-        }
+        let batches: Vec<Batch> = ranges
+            .into_iter()
+            .map(|(first, last)| Batch {
+                job_id: job.id.clone(),
+                product: product.to_owned(),
+                first,
+                last,
+            })
+            .collect();
+        store.enqueue_all(&batches).await?;
     }
     Ok(job)
 }

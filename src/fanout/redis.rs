@@ -864,20 +864,23 @@ impl PushStore for RedisPushStore {
         }
     }
 
-    async fn enqueue(&self, batch: &Batch) -> Result<(), StateError> {
-        let json = encode_batch(batch);
-        let queue = &self.keys.queue;
+    async fn enqueue_all(&self, batches: &[Batch]) -> Result<(), StateError> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for batch in batches {
+            pipe.cmd("XADD")
+                .arg(&self.keys.queue)
+                .arg("*")
+                .arg("batch")
+                .arg(encode_batch(batch))
+                .ignore();
+        }
+        let pipe = &pipe;
         self.link
-            .run(|mut c| async move {
-                c.query::<()>(
-                    redis::cmd("XADD")
-                        .arg(queue)
-                        .arg("*")
-                        .arg("batch")
-                        .arg(&json),
-                )
-                .await
-            })
+            .run(|mut c| async move { c.pipe(pipe).await })
             .await
     }
 

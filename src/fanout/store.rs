@@ -165,7 +165,13 @@ pub trait PushStore: Send + Sync + 'static {
     /// late "done"). Returns the job as stored afterwards.
     async fn set_job_state(&self, id: &str, state: JobState) -> Result<Job, StateError>;
 
-    async fn enqueue(&self, batch: &Batch) -> Result<(), StateError>;
+    async fn enqueue(&self, batch: &Batch) -> Result<(), StateError> {
+        self.enqueue_all(std::slice::from_ref(batch)).await
+    }
+
+    /// Queues a job's batches at once, in order: all or none, and one
+    /// durable write rather than one per batch.
+    async fn enqueue_all(&self, batches: &[Batch]) -> Result<(), StateError>;
 
     /// The next batch for `consumer`: a new one, or one claimed by another
     /// consumer more than `stale` ago and never acknowledged (it crashed).

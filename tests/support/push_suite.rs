@@ -32,6 +32,7 @@ macro_rules! push_conformance {
             jobs_round_trip,
             set_job_state_never_leaves_a_final_state,
             queue_is_fifo_and_holds_claimed_batches,
+            enqueue_all_queues_in_order_after_earlier_batches,
             stale_batch_is_taken_over_and_counted_once,
         );
         $crate::push_conformance!(@race_tests $make;
@@ -679,6 +680,20 @@ pub async fn set_job_state_never_leaves_a_final_state(store: Arc<dyn PushStore>)
         other => panic!("expected NotFound, got {other:?}"),
     }
     assert_eq!(store.get_job("no-such-job").await.unwrap(), None);
+}
+
+pub async fn enqueue_all_queues_in_order_after_earlier_batches(store: Arc<dyn PushStore>) {
+    let j = job("all", 4);
+    store.put_job(&j).await.unwrap();
+    let batches: Vec<Batch> = (0..4).map(|i| batch(&j.id, i)).collect();
+    store.enqueue(&batches[0]).await.unwrap();
+    store.enqueue_all(&[]).await.unwrap();
+    store.enqueue_all(&batches[1..]).await.unwrap();
+    for b in &batches {
+        let c = store.claim("w1", LONG).await.unwrap().expect("a queued batch");
+        assert_eq!(&c.batch, b);
+    }
+    assert_eq!(store.claim("w1", LONG).await.unwrap(), None);
 }
 
 pub async fn queue_is_fifo_and_holds_claimed_batches(store: Arc<dyn PushStore>) {
