@@ -85,7 +85,8 @@ build() { # build CARGO-ARGS...: skipped with --no-build
 # start NAME CMD...: runs CMD in the background, output in $WORK/NAME.log; sets PID.
 start() {
     local name="$1"; shift
-    "$@" >"$WORK/$name.log" 2>&1 &
+    : >"$WORK/$name.log"  # emptied here: the background redirect may come late
+    "$@" >>"$WORK/$name.log" 2>&1 &
     PID=$!
     PIDS+=("$PID")
 }
