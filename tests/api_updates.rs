@@ -301,7 +301,10 @@ async fn the_fast_path_and_the_warp_route_agree() {
         ("/v1/updates/Q/1.0.0", "/v1/updates/Q/1.0.0?q=%41"),
         ("/v1/updates/P-1/1.0", "/v1/updates/P-1/1.0?q=%41"),
         ("/v1/updates/P%2D1/1.0.0", "/v1/updates/P%2D1/1.0.0?q=%41"),
-        ("/v1/updates/P-1/1.0.0?channel=", "/v1/updates/P-1/1.0.0?channel"),
+        (
+            "/v1/updates/P-1/1.0.0?channel=",
+            "/v1/updates/P-1/1.0.0?channel",
+        ),
     ] {
         let (fast, slow) = (get(plain, None).await, get(encoded, None).await);
         assert_eq!(fast, slow, "{plain} vs {encoded}");

@@ -690,7 +690,11 @@ pub async fn enqueue_all_queues_in_order_after_earlier_batches(store: Arc<dyn Pu
     store.enqueue_all(&[]).await.unwrap();
     store.enqueue_all(&batches[1..]).await.unwrap();
     for b in &batches {
-        let c = store.claim("w1", LONG).await.unwrap().expect("a queued batch");
+        let c = store
+            .claim("w1", LONG)
+            .await
+            .unwrap()
+            .expect("a queued batch");
         assert_eq!(&c.batch, b);
     }
     assert_eq!(store.claim("w1", LONG).await.unwrap(), None);
