@@ -288,6 +288,29 @@ fn s3_down_fails_downloads_fast_and_checks_go_on() {
 }
 
 #[test]
+fn a_frozen_s3_times_out_within_its_bound_and_recovers() {
+    let s3 = S3sServer::start(&["firmware"]);
+    let c = cluster("redis://127.0.0.1:6379", &unique_prefix(), &s3, 1, None);
+    let a = ServeProcess::start(c.dir.path(), "instance-0.toml", &AWS_ENV);
+    let fw = firmware(4096, 3);
+    sign_and_publish(&c, &a.url, "1.1.0", "1", &fw);
+    s3.freeze();
+    // Checks never touch S3; downloads give up after blob.s3.timeout_ms (2 s).
+    assert_eq!(offered(&a.url, "1.0.0").as_deref(), Some("1.1.0"));
+    let started = Instant::now();
+    let (status, retry) =
+        status_of(reqwest::blocking::get(format!("{}/v1/artifacts/Buds/1.1.0", a.url)).unwrap());
+    let waited = started.elapsed();
+    assert_eq!((status, retry.is_some()), (503, true));
+    assert!(waited < Duration::from_secs(6), "{waited:?}");
+    assert_eq!(offered(&a.url, "1.0.0").as_deref(), Some("1.1.0"));
+    s3.resume();
+    let body = reqwest::blocking::get(format!("{}/v1/artifacts/Buds/1.1.0", a.url)).unwrap();
+    assert_eq!(body.status(), 200);
+    assert_eq!(body.bytes().unwrap().as_ref(), &fw[..]);
+}
+
+#[test]
 fn a_crash_between_upload_and_release_leaves_nothing_visible() {
     let s3 = S3sServer::start(&["firmware"]);
     let c = cluster("redis://127.0.0.1:6379", &unique_prefix(), &s3, 1, None);

@@ -120,6 +120,25 @@ impl S3sServer {
         }
     }
 
+    /// SIGSTOP: connections are still accepted (by the kernel) and never
+    /// answered, the slowest an S3 can be. [`S3sServer::resume`] undoes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("s3s-fs is running").id();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// Kills the server now (the port then refuses connections).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
