@@ -3,12 +3,9 @@
 
 use std::net::IpAddr;
 
-pub fn ip_prefix(ip: IpAddr) -> String {
-    IpPrefix(ip).to_string()
-}
-
-/// Displays as [`ip_prefix`] does; formats only when written, so a log
-/// line that is filtered out costs nothing.
+/// Displays a client address as its /24 (IPv4) or /48 (IPv6) prefix;
+/// formats only when written, so a log line that is filtered out costs
+/// nothing.
 #[derive(Clone, Copy)]
 pub struct IpPrefix(pub IpAddr);
 
@@ -29,19 +26,17 @@ impl std::fmt::Display for IpPrefix {
 
 #[cfg(test)]
 mod tests {
+    fn prefix(ip: std::net::IpAddr) -> String {
+        super::IpPrefix(ip).to_string()
+    }
+
     #[test]
     fn prefixes_drop_the_host() {
+        assert_eq!(prefix("203.0.113.77".parse().unwrap()), "203.0.113.0/24");
         assert_eq!(
-            super::ip_prefix("203.0.113.77".parse().unwrap()),
-            "203.0.113.0/24"
-        );
-        assert_eq!(
-            super::ip_prefix("2001:db8:aa:bb::1".parse().unwrap()),
+            prefix("2001:db8:aa:bb::1".parse().unwrap()),
             "2001:db8:aa::/48"
         );
-        assert_eq!(
-            super::ip_prefix("::ffff:10.1.2.3".parse().unwrap()),
-            "10.1.2.0/24"
-        );
+        assert_eq!(prefix("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.0/24");
     }
 }

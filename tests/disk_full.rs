@@ -8,6 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::release::{check, firmware, publish, sign};
+use support::scan::files_under;
 use support::server::{spawn_server, ServeProcess};
 
 /// A tmpfs mounted over `path`, unmounted on drop.
@@ -40,19 +41,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(files_under(&e.path()));
-        } else {
-            out.push((e.path(), e.metadata().unwrap().len()));
-        }
-    }
-    out
-}
-
 #[test]
 fn a_full_blob_store_refuses_the_upload_and_keeps_serving() {
     let mut s = spawn_server();
@@ -80,7 +68,7 @@ fn a_full_blob_store_refuses_the_upload_and_keeps_serving() {
     // Nothing half-written stays behind, and no release appeared.
     let left = files_under(&dir.join("data/blobs"));
     assert_eq!(left.len(), 1, "only the small blob: {left:?}");
-    assert_eq!(left[0].1, small.len() as u64);
+    assert_eq!(left[0].1.len(), small.len());
     let run = check(&s, "2.0.0", &["--download", "dl"]).ok();
     assert!(run.stderr.contains("2.1.0 (seq 1"), "{}", run.stderr);
     assert_eq!(

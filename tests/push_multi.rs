@@ -164,6 +164,41 @@ fn sent_by(url: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Every send takes 10 ms; notifies, and returns once 100 sends have begun.
+async fn start_slow_job(s: &Setup, url: &str, n: usize) -> String {
+    for i in 0..n {
+        s.fcm
+            .fail_always(&fcm_token(i), FcmFault::Delay(Duration::from_millis(10)));
+    }
+    let id = notify(s, url).await;
+    let start = Instant::now();
+    while s.fcm.send_requests() < 100 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no sends started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    id
+}
+
+/// Done, every token counted once, nobody missed, at most one batch twice.
+fn assert_everyone_reached_once_counted(s: &Setup, j: &Value, n: usize) {
+    assert_eq!(j["state"], "done", "{j}");
+    assert_eq!(
+        (j["total"].as_u64(), j["sent"].as_u64()),
+        (Some(n as u64), Some(n as u64)),
+        "counted once: {j}"
+    );
+    let mut twice = 0;
+    for i in 0..n {
+        let d = s.fcm.delivered_to(&fcm_token(i));
+        assert!(d >= 1, "token {i} missed");
+        twice += usize::from(d > 1);
+    }
+    assert!(twice <= 500, "at most one batch sent twice, got {twice}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_job() {
     let n = 3000; // six batches
@@ -200,36 +235,12 @@ async fn a_killed_instances_batch_is_finished_by_another() {
     let s = setup(2, 4, None).await;
     let mut a = ServeProcess::start(s.dir.path(), "i0.toml", &[]);
     prepare(&s, &a.url, n).await;
-    for i in 0..n {
-        s.fcm
-            .fail_always(&fcm_token(i), FcmFault::Delay(Duration::from_millis(10)));
-    }
-    let id = notify(&s, &a.url).await;
     // Kill a while its first batch is half sent.
-    let start = Instant::now();
-    while s.fcm.send_requests() < 100 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no sends started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let id = start_slow_job(&s, &a.url, n).await;
     a.kill();
     let b = ServeProcess::start(s.dir.path(), "i1.toml", &[]);
     let j = wait_done(&s, &b.url, &id, Duration::from_secs(120)).await;
-    assert_eq!(j["state"], "done", "{j}");
-    assert_eq!(
-        (j["total"].as_u64(), j["sent"].as_u64()),
-        (Some(n as u64), Some(n as u64)),
-        "counted once: {j}"
-    );
-    let mut twice = 0;
-    for i in 0..n {
-        let d = s.fcm.delivered_to(&fcm_token(i));
-        assert!(d >= 1, "token {i} missed");
-        twice += usize::from(d > 1);
-    }
-    assert!(twice <= 500, "at most one batch sent twice, got {twice}");
+    assert_everyone_reached_once_counted(&s, &j, n);
     // And the duplicates carry the collapse key that hides them.
     assert_eq!(
         s.fcm.delivered_with_collapse_key("fw.Buds"),
@@ -244,19 +255,7 @@ async fn redis_killed_and_restarted_mid_job_loses_nobody() {
     let s = setup(1, 4, Some(&redis.url())).await;
     let a = ServeProcess::start(s.dir.path(), "i0.toml", &[]);
     prepare(&s, &a.url, n).await;
-    for i in 0..n {
-        s.fcm
-            .fail_always(&fcm_token(i), FcmFault::Delay(Duration::from_millis(10)));
-    }
-    let id = notify(&s, &a.url).await;
-    let start = Instant::now();
-    while s.fcm.send_requests() < 100 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no sends started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let id = start_slow_job(&s, &a.url, n).await;
     // SIGKILL mid-batch; sends in flight finish, their acks cannot land.
     redis.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -264,19 +263,7 @@ async fn redis_killed_and_restarted_mid_job_loses_nobody() {
     redis.restart();
 
     let j = wait_done(&s, &a.url, &id, Duration::from_secs(120)).await;
-    assert_eq!(j["state"], "done", "{j}");
-    assert_eq!(
-        (j["total"].as_u64(), j["sent"].as_u64()),
-        (Some(n as u64), Some(n as u64)),
-        "counted once: {j}"
-    );
-    let mut twice = 0;
-    for i in 0..n {
-        let d = s.fcm.delivered_to(&fcm_token(i));
-        assert!(d >= 1, "token {i} missed");
-        twice += usize::from(d > 1);
-    }
-    assert!(twice <= 500, "at most one batch sent twice, got {twice}");
+    assert_everyone_reached_once_counted(&s, &j, n);
     assert!(
         during < n,
         "Redis died before the job could finish ({during} sends)"
