@@ -10,21 +10,26 @@
 //! target, string data, `ttl` and `priority` formats, size) and answers
 //! errors in Google's shape with `details[].errorCode`.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use hyper::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use hyper::{Method, StatusCode};
 use ring::signature::RSA_PKCS1_2048_8192_SHA256;
 use rsa::pkcs1::EncodeRsaPublicKey as _;
 use rsa::pkcs8::{EncodePrivateKey as _, LineEnding};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
 use crate::jwt;
-use crate::server::{self, json_response, Handler, Mode, Req, Resp};
+use crate::server::{self, json_bytes, json_response, Handler, Mode, Reply, Req, Resp};
+use crate::util::{self, bail, AnyStr, Arena, Key, Skip, Span, Str, StrCheck};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -113,17 +118,141 @@ pub struct FcmDelivery {
     pub message: Value,
 }
 
+/// What the fake keeps of an accepted message; [`FcmDelivery`] is rebuilt
+/// from it on demand: the registration token in the arena, the request body
+/// as a [`Template`] (the body without the token, which a fan-out job's
+/// messages share), the message name's two numbers.
+struct Delivered {
+    token: Span,
+    template: u32,
+    seq: u64,
+    suffix: u64,
+}
+
+/// A request body with the registration token cut out at `token_at` (or
+/// whole, when the token's place is not known), and the message's
+/// `android.collapse_key`, which lies outside the token.
+struct Template {
+    bytes: Box<[u8]>,
+    token_at: Option<usize>,
+    collapse_key: Option<String>,
+}
+
+/// Distinct templates, the last one used checked first.
+#[derive(Default)]
+struct Templates {
+    items: Vec<Template>,
+    index: HashMap<(Option<usize>, Box<[u8]>), u32>,
+    last: u32,
+}
+
+impl Templates {
+    /// The template of `body`, whose token is `body[at..at + len]` when
+    /// `token` is `Some((at, len))`.
+    fn intern(
+        &mut self,
+        body: &[u8],
+        token: Option<(usize, usize)>,
+        collapse_key: Option<&str>,
+    ) -> u32 {
+        let (head, tail) = match token {
+            Some((at, len)) => (&body[..at], &body[at + len..]),
+            None => (body, &[][..]),
+        };
+        let token_at = token.map(|(at, _)| at);
+        if let Some(t) = self.items.get(self.last as usize) {
+            if t.token_at == token_at
+                && t.bytes.len() == head.len() + tail.len()
+                && t.bytes[..head.len()] == *head
+                && t.bytes[head.len()..] == *tail
+            {
+                return self.last;
+            }
+        }
+        let key = (token_at, [head, tail].concat().into_boxed_slice());
+        let id = match self.index.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = u32::try_from(self.items.len()).expect("fewer than 2^32 templates");
+                self.items.push(Template {
+                    bytes: key.1.clone(),
+                    token_at,
+                    collapse_key: collapse_key.map(str::to_owned),
+                });
+                self.index.insert(key, id);
+                id
+            }
+        };
+        self.last = id;
+        id
+    }
+}
+
 #[derive(Default)]
 struct State {
     issued: HashMap<String, Instant>,
     token_requests: usize,
     access_tokens_used: HashSet<String>,
-    requests: HashMap<String, usize>,
+    /// The last access token presented and its expiry when it was issued:
+    /// clients reuse one for up to an hour, so this spares hashing it.
+    /// Cleared whenever `issued` changes.
+    last_bearer: Option<(String, Option<Instant>)>,
+    /// Registration tokens of the `messages:send` requests that passed
+    /// authentication and named one, whatever the answer.
+    requests: Vec<Span>,
+    tokens: Arena,
     send_requests: usize,
-    deliveries: Vec<FcmDelivery>,
+    deliveries: Vec<Delivered>,
+    templates: Templates,
     once: HashMap<String, VecDeque<FcmFault>>,
     always: HashMap<String, FcmFault>,
     next: u64,
+}
+
+impl State {
+    fn authenticated(&mut self, bearer: &str) -> bool {
+        let expires = match &self.last_bearer {
+            Some((last, expires)) if last == bearer => *expires,
+            _ => {
+                if !bearer.is_empty() && !self.access_tokens_used.contains(bearer) {
+                    self.access_tokens_used.insert(bearer.to_owned());
+                }
+                let expires = self.issued.get(bearer).copied();
+                self.last_bearer = Some((bearer.to_owned(), expires));
+                expires
+            }
+        };
+        expires.is_some_and(|exp| exp > Instant::now())
+    }
+
+    /// The next one-shot fault scripted for `token`, else the standing one.
+    fn fault(&mut self, token: &str) -> Option<FcmFault> {
+        if self.once.is_empty() && self.always.is_empty() {
+            return None;
+        }
+        let once = self.once.get_mut(token).and_then(VecDeque::pop_front);
+        once.or_else(|| self.always.get(token).cloned())
+    }
+
+    fn delivery(&self, d: &Delivered, project: &str) -> FcmDelivery {
+        let t = &self.templates.items[d.template as usize];
+        let token = self.tokens.get(d.token);
+        let body = match t.token_at {
+            Some(at) => [&t.bytes[..at], token.as_bytes(), &t.bytes[at..]].concat(),
+            None => t.bytes.to_vec(),
+        };
+        let mut body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        FcmDelivery {
+            token: token.to_owned(),
+            name: message_name(project, d.seq, d.suffix),
+            collapse_key: t.collapse_key.clone(),
+            message: body["message"].take(),
+        }
+    }
+}
+
+fn message_name(project: &str, seq: u64, suffix: u64) -> String {
+    format!("projects/{project}/messages/0:{seq}%{suffix:016x}")
 }
 
 struct Shared {
@@ -167,10 +296,7 @@ impl FcmFake {
             state: Mutex::new(State::default()),
         });
         let handler_shared = shared.clone();
-        let handler: Handler = Arc::new(move |req| {
-            let shared = handler_shared.clone();
-            Box::pin(async move { handle(&shared, req).await })
-        });
+        let handler: Handler = Arc::new(move |req| handle(&handler_shared, req));
         let server = server::spawn(listener, Mode::Cleartext, handler)?;
         Ok(FcmFake {
             server,
@@ -243,7 +369,9 @@ impl FcmFake {
 
     /// Invalidate every access token issued so far (as if revoked).
     pub fn revoke_access_tokens(&self) {
-        self.shared.state().issued.clear();
+        let mut state = self.shared.state();
+        state.issued.clear();
+        state.last_bearer = None;
     }
 
     /// Token endpoint requests, granted or not.
@@ -270,21 +398,37 @@ impl FcmFake {
 
     /// `messages:send` requests that passed authentication and named `token`.
     pub fn requests_for(&self, token: &str) -> usize {
-        self.shared
-            .state()
+        let state = self.shared.state();
+        let tokens = &state.tokens;
+        state
             .requests
-            .get(token)
-            .copied()
-            .unwrap_or(0)
+            .iter()
+            .filter(|t| tokens.is(**t, token))
+            .count()
     }
 
     pub fn deliveries(&self) -> Vec<FcmDelivery> {
-        self.shared.state().deliveries.clone()
+        let state = self.shared.state();
+        let project = &self.shared.options.project_id;
+        state
+            .deliveries
+            .iter()
+            .map(|d| state.delivery(d, project))
+            .collect()
+    }
+
+    /// How many messages were accepted (`deliveries().len()`, cheaply).
+    pub fn delivery_count(&self) -> usize {
+        self.shared.state().deliveries.len()
     }
 
     pub fn delivered_to(&self, token: &str) -> usize {
         let state = self.shared.state();
-        state.deliveries.iter().filter(|d| d.token == token).count()
+        state
+            .deliveries
+            .iter()
+            .filter(|d| state.tokens.is(d.token, token))
+            .count()
     }
 
     pub fn delivered_with_collapse_key(&self, key: &str) -> usize {
@@ -292,37 +436,47 @@ impl FcmFake {
         state
             .deliveries
             .iter()
-            .filter(|d| d.collapse_key.as_deref() == Some(key))
+            .filter(|d| {
+                state.templates.items[d.template as usize]
+                    .collapse_key
+                    .as_deref()
+                    == Some(key)
+            })
             .count()
     }
 }
 
-async fn handle(shared: &Shared, req: Req) -> Resp {
-    if req.path == "/token" {
+fn handle(shared: &Arc<Shared>, req: Req) -> Reply {
+    if req.path() == "/token" {
         if req.method != Method::POST {
-            return oauth_error(
+            return Reply::Now(oauth_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request",
                 "POST only",
-            );
+            ));
         }
-        return token_endpoint(shared, &req);
+        return Reply::Now(token_endpoint(shared, &req));
     }
     let prefix = "/v1/projects/";
-    if let Some(rest) = req.path.strip_prefix(prefix) {
-        if let Some(project) = rest.strip_suffix("/messages:send") {
+    if let Some(rest) = req.path().strip_prefix(prefix) {
+        if rest.ends_with("/messages:send") {
             if req.method != Method::POST {
-                return google_error(
+                return Reply::Now(google_error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "Method not allowed.",
                     None,
                     vec![],
-                );
+                ));
             }
-            return send(shared, project, &req).await;
+            return send(shared, req);
         }
     }
-    google_error(StatusCode::NOT_FOUND, "Not found.", None, vec![])
+    Reply::Now(google_error(
+        StatusCode::NOT_FOUND,
+        "Not found.",
+        None,
+        vec![],
+    ))
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Resp {
@@ -462,6 +616,7 @@ fn token_endpoint(shared: &Shared, req: &Req) -> Resp {
         state.next += 1;
         let token = format!("ya29.fake-{}-{}", state.next, jwt::random_hex(16));
         state.issued.insert(token.clone(), Instant::now() + ttl);
+        state.last_bearer = None;
         token
     };
     json_response(
@@ -470,160 +625,224 @@ fn token_endpoint(shared: &Shared, req: &Req) -> Resp {
     )
 }
 
-async fn send(shared: &Shared, project: &str, req: &Req) -> Resp {
-    shared.state().send_requests += 1;
+/// The project named by a `messages:send` path.
+fn project_of(path: &str) -> &str {
+    path.strip_prefix("/v1/projects/")
+        .and_then(|rest| rest.strip_suffix("/messages:send"))
+        .unwrap_or_default()
+}
+
+fn send(shared: &Arc<Shared>, req: Req) -> Reply {
     let bearer = req
-        .header("authorization")
+        .header(AUTHORIZATION)
         .and_then(|a| {
             a.strip_prefix("Bearer ")
                 .or_else(|| a.strip_prefix("bearer "))
         })
         .map(str::trim)
-        .unwrap_or_default()
-        .to_owned();
+        .unwrap_or_default();
     let authenticated = {
         let mut state = shared.state();
-        if !bearer.is_empty() {
-            state.access_tokens_used.insert(bearer.clone());
-        }
-        state
-            .issued
-            .get(&bearer)
-            .is_some_and(|exp| *exp > Instant::now())
+        state.send_requests += 1;
+        state.authenticated(bearer)
     };
     if !authenticated {
-        return google_error(
+        return Reply::Now(google_error(
             StatusCode::UNAUTHORIZED,
             "Request had invalid authentication credentials. Expected OAuth 2 access token, \
              login cookie or other valid authentication credential.",
             None,
             vec![],
-        );
+        ));
     }
-    if project != shared.options.project_id {
-        return google_error(
+    if project_of(req.path()) != shared.options.project_id {
+        return Reply::Now(google_error(
             StatusCode::FORBIDDEN,
             "Permission 'cloudmessaging.messages.create' denied on resource (or it may not exist).",
             None,
             vec![],
-        );
+        ));
     }
-    let body: Value = match serde_json::from_slice(&req.body) {
-        Ok(v) => v,
-        Err(e) => {
-            return google_error(
-                StatusCode::BAD_REQUEST,
-                &format!("Invalid JSON payload received. {e}"),
-                None,
-                vec![],
-            )
+    let accepted = match accept(&req.body) {
+        Ok(Some(accepted)) => accepted,
+        Ok(None) => {
+            // Topic and condition sends: accepted, not counted per token.
+            let name = format!("projects/{}/messages/0", project_of(req.path()));
+            return Reply::Now(json_response(StatusCode::OK, &json!({ "name": name })));
         }
+        Err(resp) => return Reply::Now(*resp),
     };
-    let message = match check_message(&body) {
-        Ok(m) => m,
-        Err(resp) => return *resp,
-    };
-    let Some(token) = message["token"].as_str().map(str::to_owned) else {
-        // Topic and condition sends: accepted, not counted per token.
-        return json_response(
-            StatusCode::OK,
-            &json!({"name": format!("projects/{project}/messages/0")}),
-        );
-    };
-    *shared.state().requests.entry(token.clone()).or_default() += 1;
 
-    let fault = {
-        let mut state = shared.state();
-        let once = state.once.get_mut(&token).and_then(VecDeque::pop_front);
-        once.or_else(|| state.always.get(&token).cloned())
-    };
+    let mut state = shared.state();
+    let span = state.tokens.push(&accepted.token);
+    state.requests.push(span);
+    match state.fault(&accepted.token) {
+        None => Reply::Now(deliver(shared, state, &req.body, &accepted, span)),
+        Some(FcmFault::Delay(d)) => {
+            drop(state);
+            drop(accepted);
+            let shared = shared.clone();
+            Reply::Later(Box::pin(async move {
+                tokio::time::sleep(d).await;
+                match accept(&req.body) {
+                    Ok(Some(accepted)) => {
+                        deliver(&shared, shared.state(), &req.body, &accepted, span)
+                    }
+                    _ => unreachable!("the same body was accepted before the delay"),
+                }
+            }))
+        }
+        Some(fault) => {
+            drop(state);
+            Reply::Now(fault_response(fault))
+        }
+    }
+}
+
+/// Record an accepted message and answer with its name.
+fn deliver(
+    shared: &Shared,
+    mut state: MutexGuard<'_, State>,
+    body: &[u8],
+    accepted: &Accepted<'_>,
+    token: Span,
+) -> Resp {
+    state.next += 1;
+    let seq = state.next;
+    let suffix = util::fast_u64();
+    let template = state.templates.intern(
+        body,
+        accepted.token_at.map(|at| (at, accepted.token.len())),
+        accepted.collapse_key.as_deref(),
+    );
+    state.deliveries.push(Delivered {
+        token,
+        template,
+        seq,
+        suffix,
+    });
+    drop(state);
+    #[derive(serde::Serialize)]
+    struct Name<'a> {
+        name: &'a str,
+    }
+    let name = message_name(&shared.options.project_id, seq, suffix);
+    let body = serde_json::to_vec(&Name { name: &name }).expect("a string serializes");
+    json_bytes(StatusCode::OK, body)
+}
+
+fn fault_response(fault: FcmFault) -> Resp {
     let retry_after = |mut resp: Resp, secs: Option<u64>| {
         if let Some(secs) = secs {
             resp.headers_mut()
-                .insert("retry-after", secs.to_string().parse().expect("digits"));
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     };
     match fault {
-        None => {}
-        Some(FcmFault::Delay(d)) => tokio::time::sleep(d).await,
-        Some(FcmFault::Unregistered) => {
-            return google_error(
-                StatusCode::NOT_FOUND,
-                "Requested entity was not found.",
-                Some("UNREGISTERED"),
-                vec![],
-            )
-        }
-        Some(FcmFault::SenderIdMismatch) => {
-            return google_error(
-                StatusCode::FORBIDDEN,
-                "SenderId mismatch",
-                Some("SENDER_ID_MISMATCH"),
-                vec![],
-            )
-        }
-        Some(FcmFault::InvalidRegistration) => {
-            return invalid(
-                "message.token",
-                "The registration token is not a valid FCM registration token",
-            )
-        }
-        Some(FcmFault::QuotaExceeded { retry_after: secs }) => {
-            let resp = google_error(
+        FcmFault::Unregistered => google_error(
+            StatusCode::NOT_FOUND,
+            "Requested entity was not found.",
+            Some("UNREGISTERED"),
+            vec![],
+        ),
+        FcmFault::SenderIdMismatch => google_error(
+            StatusCode::FORBIDDEN,
+            "SenderId mismatch",
+            Some("SENDER_ID_MISMATCH"),
+            vec![],
+        ),
+        FcmFault::InvalidRegistration => invalid(
+            "message.token",
+            "The registration token is not a valid FCM registration token",
+        ),
+        FcmFault::QuotaExceeded { retry_after: secs } => retry_after(
+            google_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Quota exceeded for quota metric 'Send requests'.",
                 Some("QUOTA_EXCEEDED"),
                 vec![],
-            );
-            return retry_after(resp, secs);
-        }
-        Some(FcmFault::Unavailable { retry_after: secs }) => {
-            let resp = google_error(
+            ),
+            secs,
+        ),
+        FcmFault::Unavailable { retry_after: secs } => retry_after(
+            google_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The service is currently unavailable.",
                 Some("UNAVAILABLE"),
                 vec![],
-            );
-            return retry_after(resp, secs);
-        }
-        Some(FcmFault::Internal) => {
-            return google_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal error encountered.",
-                Some("INTERNAL"),
-                vec![],
-            )
-        }
-        Some(FcmFault::ThirdPartyAuthError) => {
-            return google_error(
-                StatusCode::UNAUTHORIZED,
-                "Auth error from APNS or Web Push Service",
-                Some("THIRD_PARTY_AUTH_ERROR"),
-                vec![],
-            )
-        }
+            ),
+            secs,
+        ),
+        FcmFault::Internal => google_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal error encountered.",
+            Some("INTERNAL"),
+            vec![],
+        ),
+        FcmFault::ThirdPartyAuthError => google_error(
+            StatusCode::UNAUTHORIZED,
+            "Auth error from APNS or Web Push Service",
+            Some("THIRD_PARTY_AUTH_ERROR"),
+            vec![],
+        ),
+        FcmFault::Delay(_) => unreachable!("a delay is waited, not answered"),
     }
+}
 
-    let name = {
-        let mut state = shared.state();
-        state.next += 1;
-        let name = format!(
-            "projects/{project}/messages/0:{}%{}",
-            state.next,
-            jwt::random_hex(8)
-        );
-        state.deliveries.push(FcmDelivery {
-            token,
-            name: name.clone(),
-            collapse_key: message["android"]["collapse_key"]
-                .as_str()
-                .map(str::to_owned),
-            message: message.clone(),
-        });
-        name
+/// A message to one registration token that passed every check.
+struct Accepted<'a> {
+    token: Cow<'a, str>,
+    /// Where the token is in the body, as written (no escapes).
+    token_at: Option<usize>,
+    collapse_key: Option<Cow<'a, str>>,
+}
+
+/// Check a `messages:send` body: `Ok(None)` for a valid topic or condition
+/// message, the error response for an invalid one.
+fn accept(body: &[u8]) -> Result<Option<Accepted<'_>>, Box<Resp>> {
+    if let Some(fast) = check_fast(body) {
+        #[cfg(debug_assertions)]
+        {
+            let value: Value = serde_json::from_slice(body).expect("the fast path parsed it");
+            let message = check_message(&value)
+                .unwrap_or_else(|_| panic!("the fast path accepted what check_message refuses"));
+            assert_eq!(message["token"].as_str(), Some(fast.token));
+            assert_eq!(
+                message["android"]["collapse_key"].as_str(),
+                fast.collapse_key
+            );
+        }
+        // The token is borrowed from the body, so it lies inside it.
+        let at = (fast.token.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+        let token_at = (body.get(at..at.wrapping_add(fast.token.len()))
+            == Some(fast.token.as_bytes()))
+        .then_some(at);
+        return Ok(Some(Accepted {
+            token: Cow::Borrowed(fast.token),
+            token_at,
+            collapse_key: fast.collapse_key.map(Cow::Borrowed),
+        }));
+    }
+    let body: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(Box::new(google_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Invalid JSON payload received. {e}"),
+                None,
+                vec![],
+            )))
+        }
     };
-    json_response(StatusCode::OK, &json!({ "name": name }))
+    let message = check_message(&body)?;
+    Ok(message["token"].as_str().map(|token| Accepted {
+        token: Cow::Owned(token.to_owned()),
+        token_at: None,
+        collapse_key: message["android"]["collapse_key"]
+            .as_str()
+            .map(|c| Cow::Owned(c.to_owned())),
+    }))
 }
 
 fn bad(field: &str, description: &str) -> Box<Resp> {
@@ -678,22 +897,7 @@ fn check_message(body: &Value) -> Result<&Value, Box<Resp>> {
     only_keys(top, "", &["message", "validate_only"])?;
     let message = &body["message"];
     let m = object(message, "message")?.ok_or_else(|| bad("message", "required"))?;
-    only_keys(
-        m,
-        "message",
-        &[
-            "name",
-            "data",
-            "notification",
-            "android",
-            "webpush",
-            "apns",
-            "fcm_options",
-            "token",
-            "topic",
-            "condition",
-        ],
-    )?;
+    only_keys(m, "message", &MESSAGE_KEYS)?;
     let targets = ["token", "topic", "condition"]
         .iter()
         .filter(|t| m.contains_key(**t))
@@ -711,39 +915,23 @@ fn check_message(body: &Value) -> Result<&Value, Box<Resp>> {
     }
     if let Some(data) = object(&message["data"], "message.data")? {
         strings_only(data, "message.data")?;
-        const RESERVED: [&str; 3] = ["from", "notification", "message_type"];
-        if let Some(k) = data.keys().find(|k| {
-            RESERVED.contains(&k.as_str()) || k.starts_with("google") || k.starts_with("gcm")
-        }) {
+        if let Some(k) = data.keys().find(|k| reserved_data_key(k)) {
             return Err(bad(&format!("message.data.{k}"), "reserved key"));
         }
     }
     if let Some(n) = object(&message["notification"], "message.notification")? {
-        only_keys(n, "message.notification", &["title", "body", "image"])?;
+        only_keys(n, "message.notification", &NOTIFICATION_KEYS)?;
         strings_only(n, "message.notification")?;
     }
     let size = message["data"].to_string().len() + message["notification"].to_string().len();
-    if size > 4096 {
+    if size > MAX_MESSAGE_SIZE {
         return Err(bad("message", "Message is too big"));
     }
     if let Some(a) = object(&message["android"], "message.android")? {
-        only_keys(
-            a,
-            "message.android",
-            &[
-                "collapse_key",
-                "priority",
-                "ttl",
-                "restricted_package_name",
-                "data",
-                "notification",
-                "fcm_options",
-                "direct_boot_ok",
-            ],
-        )?;
+        only_keys(a, "message.android", &ANDROID_KEYS)?;
         if let Some(ttl) = a.get("ttl") {
             match ttl.as_str().and_then(valid_duration) {
-                Some(secs) if secs <= 28 * 24 * 3600 => {}
+                Some(secs) if secs <= MAX_TTL_SECS => {}
                 _ => return Err(bad("message.android.ttl", "Invalid value at 'message.android.ttl' (type.googleapis.com/google.protobuf.Duration)")),
             }
         }
@@ -765,14 +953,531 @@ fn check_message(body: &Value) -> Result<&Value, Box<Resp>> {
         }
     }
     if let Some(apns) = object(&message["apns"], "message.apns")? {
-        only_keys(
-            apns,
-            "message.apns",
-            &["headers", "payload", "fcm_options", "live_activity_token"],
-        )?;
+        only_keys(apns, "message.apns", &APNS_KEYS)?;
         if let Some(h) = object(&message["apns"]["headers"], "message.apns.headers")? {
             strings_only(h, "message.apns.headers")?;
         }
     }
     Ok(message)
+}
+
+/// What [`check_fast`] found in a message it accepts.
+struct Fast<'a> {
+    token: &'a str,
+    collapse_key: Option<&'a str>,
+}
+
+const MESSAGE_KEYS: [&str; 10] = [
+    "name",
+    "data",
+    "notification",
+    "android",
+    "webpush",
+    "apns",
+    "fcm_options",
+    "token",
+    "topic",
+    "condition",
+];
+const ANDROID_KEYS: [&str; 8] = [
+    "collapse_key",
+    "priority",
+    "ttl",
+    "restricted_package_name",
+    "data",
+    "notification",
+    "fcm_options",
+    "direct_boot_ok",
+];
+const NOTIFICATION_KEYS: [&str; 3] = ["title", "body", "image"];
+const APNS_KEYS: [&str; 4] = ["headers", "payload", "fcm_options", "live_activity_token"];
+const RESERVED_DATA_KEYS: [&str; 3] = ["from", "notification", "message_type"];
+const MAX_MESSAGE_SIZE: usize = 4096;
+const MAX_TTL_SECS: u64 = 28 * 24 * 3600;
+
+fn reserved_data_key(k: &str) -> bool {
+    RESERVED_DATA_KEYS.contains(&k) || k.starts_with("google") || k.starts_with("gcm")
+}
+
+fn ttl_ok(ttl: &str) -> bool {
+    valid_duration(ttl).is_some_and(|secs| secs <= MAX_TTL_SECS)
+}
+
+/// [`check_message`]'s checks on a message to a token, without building a
+/// `Value` tree: `Some` only when the body certainly passes them all, with
+/// the token and collapse key borrowed from the body. Anything unusual (a
+/// topic or condition, a duplicate key, which `Value` resolves last-wins,
+/// an escaped token or collapse key, a body near the size limit, any
+/// error) is `None`, and goes to `check_message` for the exact answer.
+fn check_fast(body: &[u8]) -> Option<Fast<'_>> {
+    // `check_message` limits the compact JSON of `data` + `notification`
+    // (`null`, 4 bytes, when absent), which is never longer than as
+    // written: a body this short always passes.
+    if body.len() + 8 > MAX_MESSAGE_SIZE {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let top = Top::deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(top.0)
+}
+
+/// `{"message": ..., "validate_only": ...}`.
+struct Top<'a>(Fast<'a>);
+/// A message to a token.
+struct Message<'a>(Fast<'a>);
+/// `message.data`: string values, no reserved keys.
+struct Data;
+/// `message.notification`: title, body, image, all strings.
+struct Notification;
+/// `message.android`, with its collapse key.
+struct Android<'a>(Option<&'a str>);
+/// `message.android.notification`: `tag`, if any, a string.
+struct AndroidNotification;
+/// `message.apns`: `headers`, if any, strings.
+struct Apns;
+/// An object of strings.
+struct Strings;
+
+/// Marks `i` seen in `seen`; an error when it was already.
+fn once<E: de::Error>(seen: &mut u16, i: usize) -> Result<(), E> {
+    if *seen & (1 << i) != 0 {
+        return Err(bail());
+    }
+    *seen |= 1 << i;
+    Ok(())
+}
+
+/// `impl Deserialize` for a type read as a JSON object by `visit_map`.
+macro_rules! object_visitor {
+    ($ty:ident $(<$lt:lifetime>)?, $what:literal, |$map:ident| $body:block) => {
+        impl<'de> Deserialize<'de> for $ty $(<$lt>)? {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = $ty $(<$lt>)?;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_map<A: MapAccess<'de>>(
+                        self,
+                        mut $map: A,
+                    ) -> Result<Self::Value, A::Error> {
+                        $body
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+    };
+}
+
+object_visitor!(Top<'de>, "an FCM send request", |map| {
+    let (mut seen, mut message) = (0, None);
+    while let Some(key) = map.next_key_seed(Key(&["message", "validate_only"]))? {
+        let i = key.ok_or_else(bail)?;
+        once(&mut seen, i)?;
+        if i == 0 {
+            message = Some(map.next_value::<Message>()?.0);
+        } else {
+            map.next_value::<Skip>()?;
+        }
+    }
+    message.map(Top).ok_or_else(bail)
+});
+
+object_visitor!(Message<'de>, "an FCM message", |map| {
+    let (mut seen, mut token, mut collapse_key) = (0, None, None);
+    while let Some(key) = map.next_key_seed(Key(&MESSAGE_KEYS))? {
+        let i = key.ok_or_else(bail)?;
+        once(&mut seen, i)?;
+        match MESSAGE_KEYS[i] {
+            "data" => {
+                map.next_value::<Option<Data>>()?;
+            }
+            "notification" => {
+                map.next_value::<Option<Notification>>()?;
+            }
+            "android" => collapse_key = map.next_value::<Option<Android>>()?.and_then(|a| a.0),
+            "apns" => {
+                map.next_value::<Option<Apns>>()?;
+            }
+            "token" => match map.next_value::<Str>()?.0 {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Err(bail()),
+            },
+            "topic" | "condition" => return Err(bail()),
+            _ => {
+                map.next_value::<Skip>()?;
+            }
+        }
+    }
+    let token = token.ok_or_else(bail)?;
+    Ok(Message(Fast {
+        token,
+        collapse_key,
+    }))
+});
+
+object_visitor!(Data, "message.data", |map| {
+    while let Some(reserved) = map.next_key_seed(StrCheck(reserved_data_key))? {
+        if reserved {
+            return Err(bail());
+        }
+        map.next_value::<AnyStr>()?;
+    }
+    Ok(Data)
+});
+
+object_visitor!(Notification, "message.notification", |map| {
+    while let Some(key) = map.next_key_seed(Key(&NOTIFICATION_KEYS))? {
+        key.ok_or_else(bail)?;
+        map.next_value::<AnyStr>()?;
+    }
+    Ok(Notification)
+});
+
+object_visitor!(Android<'de>, "message.android", |map| {
+    let (mut seen, mut collapse_key) = (0, None);
+    while let Some(key) = map.next_key_seed(Key(&ANDROID_KEYS))? {
+        let i = key.ok_or_else(bail)?;
+        once(&mut seen, i)?;
+        let ok = match ANDROID_KEYS[i] {
+            "collapse_key" => {
+                collapse_key = map.next_value::<Str>()?.0;
+                collapse_key.is_some()
+            }
+            "priority" => map.next_value_seed(StrCheck(|p| matches!(p, "NORMAL" | "HIGH")))?,
+            "ttl" => map.next_value_seed(StrCheck(ttl_ok))?,
+            "notification" => {
+                map.next_value::<Option<AndroidNotification>>()?;
+                true
+            }
+            _ => {
+                map.next_value::<Skip>()?;
+                true
+            }
+        };
+        if !ok {
+            return Err(bail());
+        }
+    }
+    Ok(Android(collapse_key))
+});
+
+object_visitor!(AndroidNotification, "message.android.notification", |map| {
+    let mut seen = 0;
+    while let Some(key) = map.next_key_seed(Key(&["tag"]))? {
+        if key.is_some() {
+            once(&mut seen, 0)?;
+            map.next_value::<AnyStr>()?;
+        } else {
+            map.next_value::<Skip>()?;
+        }
+    }
+    Ok(AndroidNotification)
+});
+
+object_visitor!(Apns, "message.apns", |map| {
+    let mut seen = 0;
+    while let Some(key) = map.next_key_seed(Key(&APNS_KEYS))? {
+        let i = key.ok_or_else(bail)?;
+        once(&mut seen, i)?;
+        if i == 0 {
+            map.next_value::<Option<Strings>>()?;
+        } else {
+            map.next_value::<Skip>()?;
+        }
+    }
+    Ok(Apns)
+});
+
+object_visitor!(Strings, "an object of strings", |map| {
+    while map.next_key::<AnyStr>()?.is_some() {
+        map.next_value::<AnyStr>()?;
+    }
+    Ok(Strings)
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Full;
+
+    type Outcome = Result<Option<(String, Option<String>)>, (u16, String)>;
+
+    fn error(resp: &Resp) -> (u16, String) {
+        let body = resp.body().clone();
+        let bytes = futures_body(body);
+        (
+            resp.status().as_u16(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
+    fn futures_body(body: Full<Bytes>) -> Bytes {
+        use http_body_util::BodyExt as _;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(body.collect()).unwrap().to_bytes()
+    }
+
+    /// The reference: `Value` + `check_message`, as before the fast path.
+    fn reference(body: &[u8]) -> Outcome {
+        let value: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                let resp = google_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Invalid JSON payload received. {e}"),
+                    None,
+                    vec![],
+                );
+                return Err(error(&resp));
+            }
+        };
+        let m = check_message(&value).map_err(|r| error(&r))?;
+        Ok(m["token"].as_str().map(|t| {
+            (
+                t.to_owned(),
+                m["android"]["collapse_key"].as_str().map(str::to_owned),
+            )
+        }))
+    }
+
+    fn actual(body: &[u8]) -> Outcome {
+        accept(body)
+            .map(|a| a.map(|a| (a.token.into_owned(), a.collapse_key.map(Cow::into_owned))))
+            .map_err(|r| error(&r))
+    }
+
+    fn firmcast_body(token: &str) -> Value {
+        json!({"message": {
+            "token": token,
+            "notification": {"title": "Buds 2.0.0", "body": "Buds 2.0.0: better."},
+            "data": {"product": "Buds", "version": "2.0.0", "critical": "false"},
+            "android": {
+                "ttl": "259200s",
+                "priority": "NORMAL",
+                "collapse_key": "fw.Buds",
+                "notification": {"tag": "fw.Buds"},
+            },
+            "apns": {"headers": {
+                "apns-collapse-id": "fw.Buds",
+                "apns-expiration": "1796224070",
+                "apns-priority": "5",
+                "apns-push-type": "alert",
+            }},
+        }})
+    }
+
+    #[test]
+    fn fake_fcm_fast_path_agrees_with_check_message() {
+        let base = firmcast_body("fcm-token-0001:APA91bxxxx");
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        let mut push = |v: Value| bodies.push(serde_json::to_vec(&v).unwrap());
+        push(base.clone());
+        let edits: Vec<(&str, Value)> = vec![
+            ("/validate_only", json!(true)),
+            ("/message/topic", json!("news")),
+            ("/message/condition", json!("'a' in topics")),
+            ("/message/token", json!(null)),
+            ("/message/token", json!("")),
+            ("/message/token", json!(5)),
+            ("/message/name", json!({"any": [1, 2.5, null]})),
+            ("/message/webpush", json!({"n": -1})),
+            ("/message/fcm_options", json!(null)),
+            ("/message/foo", json!(1)),
+            ("/foo", json!(1)),
+            ("/message/data", json!(null)),
+            ("/message/data", json!(5)),
+            ("/message/data", json!([])),
+            ("/message/data/n", json!(1)),
+            ("/message/data/from", json!("me")),
+            ("/message/data/google.x", json!("y")),
+            ("/message/data/gcm", json!("y")),
+            ("/message/data/message_type", json!("y")),
+            ("/message/data/notification", json!("y")),
+            ("/message/data/notes", json!("x".repeat(3500))),
+            ("/message/data/notes", json!("x".repeat(4000))),
+            ("/message/data/notes", json!("x".repeat(5000))),
+            ("/message/notification", json!(null)),
+            ("/message/notification", json!("x")),
+            ("/message/notification/image", json!("https://x/y.png")),
+            ("/message/notification/sound", json!("ding")),
+            ("/message/notification/title", json!(1)),
+            ("/message/android", json!(null)),
+            ("/message/android", json!([])),
+            ("/message/android/ttl", json!("3.5s")),
+            ("/message/android/ttl", json!("0s")),
+            ("/message/android/ttl", json!("2419200s")),
+            ("/message/android/ttl", json!("2419201s")),
+            ("/message/android/ttl", json!("1.1234567891s")),
+            ("/message/android/ttl", json!("s")),
+            ("/message/android/ttl", json!("abc")),
+            ("/message/android/ttl", json!(5)),
+            ("/message/android/ttl", json!(null)),
+            ("/message/android/priority", json!("HIGH")),
+            ("/message/android/priority", json!("LOW")),
+            ("/message/android/priority", json!(null)),
+            ("/message/android/collapse_key", json!(5)),
+            ("/message/android/collapse_key", json!(null)),
+            ("/message/android/collapse_key", json!("fw.\"q\"")),
+            ("/message/android/notification", json!(null)),
+            ("/message/android/notification", json!(5)),
+            ("/message/android/notification/tag", json!(5)),
+            ("/message/android/notification/tag", json!(null)),
+            ("/message/android/notification/color", json!("#fff")),
+            ("/message/android/restricted_package_name", json!(1)),
+            ("/message/android/direct_boot_ok", json!(true)),
+            ("/message/android/foo", json!(1)),
+            ("/message/apns", json!(null)),
+            ("/message/apns", json!(1)),
+            ("/message/apns/headers", json!(null)),
+            ("/message/apns/headers", json!([])),
+            ("/message/apns/headers/x", json!(1)),
+            ("/message/apns/payload", json!({"aps": {}})),
+            ("/message/apns/foo", json!(1)),
+            ("/message/token", json!("tok\"en\n")),
+            ("/message/token", json!("tök€n")),
+        ];
+        for (pointer, value) in edits {
+            let mut body = base.clone();
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            let target = if parent.is_empty() {
+                &mut body
+            } else {
+                body.pointer_mut(parent).unwrap()
+            };
+            match target {
+                Value::Object(m) => {
+                    m.insert(key.to_owned(), value);
+                }
+                _ => panic!("{pointer}"),
+            }
+            push(body);
+        }
+        let mut no_token = base.clone();
+        no_token["message"].as_object_mut().unwrap().remove("token");
+        push(no_token.clone());
+        no_token["message"]["topic"] = json!("news");
+        push(no_token);
+        let mut lean = base.clone();
+        let m = lean["message"].as_object_mut().unwrap();
+        for k in ["notification", "data", "android", "apns"] {
+            m.remove(k);
+        }
+        push(lean);
+
+        let text = String::from_utf8(bodies[0].clone()).unwrap();
+        let raw: Vec<String> = vec![
+            text.replace("\"token\"", "\"t\\u006fken\""),
+            text.replace("\"collapse_key\"", "\"collapse\\u005fkey\""),
+            text.replace("fcm-token-0001", "fcm-t\\u006fken-0001"),
+            text.replace("\"fw.Buds\",\"notif", "\"fw.B\\u0075ds\",\"notif"),
+            text.replace("\"priority\":\"NORMAL\"", "\"priority\":\"N\\u004fRMAL\""),
+            text.replace("\"ttl\":\"259200s\"", "\"ttl\":\"25920\\u0030s\""),
+            text.replace("{\"message\":{", "{\"message\":{\"token\":\"other\","),
+            text.replace("\"ttl\":", "\"collapse_key\":\"first\",\"ttl\":"),
+            text.replace("\"data\":{", "\"data\":{\"product\":\"dup\","),
+            text.replace("\"data\":{", "\"data\":{\"from\":1,\"from\":\"x\","),
+            text.replace(
+                "{\"message\":",
+                "{\"validate_only\":1,\"validate_only\":2,\"message\":",
+            ),
+            text.replace("\"tag\":", "\"tag\":1,\"tag\":"),
+            text.replace("\"headers\":{", "\"headers\":null,\"headers\":{"),
+            text.replace("\"message\":{", "\"message\":{\"name\":1e400,"),
+            text.replace("\"message\":{", "\"message\":{\"name\":\"\\ud800\","),
+            text.replace(
+                "\"message\":{",
+                &format!(
+                    "\"message\":{{\"name\":{}1{},",
+                    "[".repeat(200),
+                    "]".repeat(200)
+                ),
+            ),
+            text.replace("\"message\":{", "\"message\" : {\n "),
+            format!("{text} x"),
+            format!("{text}\n"),
+            format!("[{text}]"),
+            text[..text.len() - 1].to_owned(),
+            "null".to_owned(),
+            String::new(),
+        ];
+        bodies.extend(raw.into_iter().map(String::into_bytes));
+        let mut bad_utf8 = text.clone().into_bytes();
+        let at = text.find("Buds 2.0.0: better.").unwrap();
+        bad_utf8[at] = 0xff;
+        bodies.push(bad_utf8);
+
+        let mut fast = 0;
+        for body in &bodies {
+            let expected = reference(body);
+            assert_eq!(actual(body), expected, "{}", String::from_utf8_lossy(body));
+            if let Some(f) = check_fast(body) {
+                fast += 1;
+                let (token, collapse) = expected.unwrap().unwrap();
+                assert_eq!(f.token, token);
+                assert_eq!(f.collapse_key, collapse.as_deref());
+            }
+        }
+        // firmcast's shape, and the harmless variants, stay on the fast path.
+        assert!(check_fast(&bodies[0]).is_some());
+        assert!(fast >= 25, "only {fast} bodies on the fast path");
+    }
+
+    #[test]
+    fn fake_fcm_deliveries_are_rebuilt_from_templates() {
+        let mut state = State::default();
+        let mut expected = Vec::new();
+        for (i, body) in [
+            firmcast_body("tok-1"),
+            firmcast_body("tok-2"),
+            json!({"message": {"token": "tok\u{e9}-3", "data": {"a": "b"}}}),
+            firmcast_body("tok-4"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut bytes = serde_json::to_vec(body).unwrap();
+            if i == 2 {
+                // An escaped token: its place in the body is not known.
+                bytes = String::from_utf8(bytes)
+                    .unwrap()
+                    .replace('\u{e9}', "\\u00e9")
+                    .into_bytes();
+            }
+            let accepted = accept(&bytes).unwrap().unwrap();
+            assert_eq!(accepted.token_at.is_some(), i != 2);
+            let span = state.tokens.push(&accepted.token);
+            let template = state.templates.intern(
+                &bytes,
+                accepted.token_at.map(|at| (at, accepted.token.len())),
+                accepted.collapse_key.as_deref(),
+            );
+            state.deliveries.push(Delivered {
+                token: span,
+                template,
+                seq: i as u64 + 1,
+                suffix: 0xab,
+            });
+            expected.push(body["message"].clone());
+        }
+        // tok-1, tok-2 and tok-4 share one template.
+        assert_eq!(state.templates.items.len(), 2);
+        for (d, message) in state.deliveries.iter().zip(&expected) {
+            let got = state.delivery(d, "p");
+            assert_eq!(&got.message, message);
+            assert_eq!(got.token, message["token"].as_str().unwrap());
+            assert_eq!(
+                got.collapse_key.as_deref(),
+                message["android"]["collapse_key"].as_str()
+            );
+            assert!(got.name.starts_with("projects/p/messages/0:"));
+            assert!(got.name.ends_with("%00000000000000ab"));
+        }
+    }
 }

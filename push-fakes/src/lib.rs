@@ -19,6 +19,7 @@ pub mod fcm;
 mod jwt;
 mod server;
 mod tls;
+mod util;
 
 pub use apns::{ApnsDelivery, ApnsFake, ApnsFault, ApnsKey, ApnsOptions};
 pub use fcm::{FcmDelivery, FcmFake, FcmFault, FcmOptions, ServiceAccountKey};

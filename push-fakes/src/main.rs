@@ -7,6 +7,13 @@
 //!
 //! Ports default to 0 (any free port). DIR (default `./push-fakes`) receives
 //! `apns.p8`, `apns-ca.pem` and `fcm.json`. Runs until Ctrl-C.
+//!
+//! Both fakes share one thread (a current-thread tokio runtime): the
+//! benchmarks pin them to one core, where a multi-thread runtime only adds
+//! cross-thread wake-ups, and its LIFO slot runs an HTTP/2 connection task
+//! right after each stream task answers, so every response went out in a
+//! `writev` of its own; on one thread a connection flushes all the
+//! responses that are ready at once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,8 +63,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
         Err(e) if e.is_empty() => {
@@ -69,7 +75,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(args).await {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -118,8 +134,8 @@ async fn run(args: Args) -> std::io::Result<()> {
     tokio::signal::ctrl_c().await?;
     eprintln!(
         "stopping: APNs delivered {}, FCM delivered {}",
-        apns.deliveries().len(),
-        fcm.deliveries().len()
+        apns.delivery_count(),
+        fcm.delivery_count()
     );
     Ok(())
 }

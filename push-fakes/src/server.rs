@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
-use hyper::{HeaderMap, Method, Response, StatusCode};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{AsHeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::{HeaderMap, Method, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
@@ -19,28 +20,58 @@ use tokio_rustls::TlsAcceptor;
 
 pub(crate) type Resp = Response<Full<Bytes>>;
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Resp> + Send>>;
-pub(crate) type Handler = Arc<dyn Fn(Req) -> BoxFuture + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(Req) -> Reply + Send + Sync>;
+
+/// A handler's answer: most are ready at once (no boxed future, no extra
+/// poll); a scripted delay answers later.
+pub(crate) enum Reply {
+    Now(Resp),
+    Later(BoxFuture),
+}
+
+/// HTTP/2 settings of both fakes. Real APNs allows up to 1000 concurrent
+/// streams per connection, and firmcast keeps up to `in_flight` (512 by
+/// default) streams open on one connection; hyper's default is 200.
+const MAX_CONCURRENT_STREAMS: u32 = 1000;
+/// Bodies are small (APNs: <= 4 KiB; FCM: a few KiB), so a 64 KiB stream
+/// window never stalls a request, and a connection window of
+/// `MAX_CONCURRENT_STREAMS` x 4 KiB lets every open stream send its whole
+/// body at once while WINDOW_UPDATEs stay rare (one per 2 MiB read).
+const STREAM_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
 /// A request with its body read.
 pub(crate) struct Req {
     pub method: Method,
-    pub path: String,
+    pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 impl Req {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// A header's value when it is visible ASCII. Pass a `HeaderName`
+    /// constant on hot paths: a `&str` is parsed into one on every call.
+    pub fn header<K: AsHeaderName>(&self, name: K) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
+const JSON_UTF8: HeaderValue = HeaderValue::from_static("application/json; charset=UTF-8");
+
+/// A JSON answer from bytes already serialized.
+pub(crate) fn json_bytes(status: StatusCode, body: Vec<u8>) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, JSON_UTF8);
+    resp
+}
+
 pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json; charset=UTF-8")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("a valid response")
+    json_bytes(status, body.to_string().into_bytes())
 }
 
 /// Where a fake's server runs; dropping it stops the server and its
@@ -99,17 +130,24 @@ async fn serve_connection(tcp: tokio::net::TcpStream, mode: Arc<Mode>, handler: 
         let handler = handler.clone();
         async move {
             let (parts, body) = req.into_parts();
-            let body = match body.collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => Bytes::new(),
+            let body = if body.is_end_stream() {
+                Bytes::new()
+            } else {
+                match body.collect().await {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(_) => Bytes::new(),
+                }
             };
             let req = Req {
                 method: parts.method,
-                path: parts.uri.path().to_owned(),
+                uri: parts.uri,
                 headers: parts.headers,
                 body,
             };
-            Ok::<_, Infallible>(handler(req).await)
+            Ok::<_, Infallible>(match handler(req) {
+                Reply::Now(resp) => resp,
+                Reply::Later(fut) => fut.await,
+            })
         }
     });
     match &*mode {
@@ -121,14 +159,20 @@ async fn serve_connection(tcp: tokio::net::TcpStream, mode: Arc<Mode>, handler: 
                 return; // APNs speaks HTTP/2 only
             }
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .max_concurrent_streams(1000)
+                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
         }
         Mode::Cleartext => {
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http2()
+                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW);
+            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
         }
     }
 }
