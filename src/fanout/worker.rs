@@ -79,6 +79,9 @@ pub struct Fanout {
     pub consumer: String,
     /// A batch claimed this long ago and not completed is taken over.
     pub stale: Duration,
+    /// Sends one batch may have in flight (`push.in_flight`): one batch can
+    /// fill a provider's window while the other workers load theirs.
+    pub batch_concurrency: usize,
 }
 
 impl Fanout {
@@ -153,7 +156,7 @@ impl Fanout {
         let fatal = std::sync::Mutex::new(None::<String>);
         let delta = std::sync::Mutex::new(JobCounters::default());
         futures_util::stream::iter(&subs)
-            .for_each_concurrent(256, |sub| {
+            .for_each_concurrent(self.batch_concurrency.max(1), |sub| {
                 let (notices, fatal, delta) = (&notices, &fatal, &delta);
                 async move {
                     let prepared = notices.get(&(sub.provider, sub.locale.as_str()));

@@ -25,7 +25,6 @@ use anyhow::{anyhow, Context as _};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
 use ring::rand::SystemRandom;
@@ -236,13 +235,13 @@ impl ApnsProvider {
             Ok(uri) => uri,
             Err(e) => return Answer::Done(fatal(format!("APNs request: {e}"))),
         };
-        let mut http = Request::new(Full::new(request.payload.clone()));
+        let mut http = Request::new(());
         *http.method_mut() = Method::POST;
         *http.uri_mut() = uri;
         let headers = http.headers_mut();
         headers.clone_from(&request.headers);
         headers.insert(AUTHORIZATION, token.authorization.clone());
-        match self.client.send(http).await {
+        match self.client.send(http, request.payload.clone()).await {
             Ok(answer) => classify(
                 answer.status,
                 &answer.headers,

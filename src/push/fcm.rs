@@ -19,7 +19,6 @@ use anyhow::{anyhow, Context as _};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
-use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
 use ring::rand::SystemRandom;
@@ -341,13 +340,13 @@ impl FcmProvider {
     }
 
     async fn post(&self, body: Bytes, token: &AccessToken) -> Answer {
-        let mut http = Request::new(Full::new(body));
+        let mut http = Request::new(());
         *http.method_mut() = Method::POST;
         *http.uri_mut() = self.send_uri.clone();
         let headers = http.headers_mut();
         headers.insert(AUTHORIZATION, token.authorization.clone());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        match self.sender.send(http).await {
+        match self.sender.send(http, body).await {
             Ok(answer) => classify(
                 answer.status,
                 &answer.headers,

@@ -3,22 +3,23 @@
 //! `http` fakes), many concurrent streams on each, requests spread round
 //! robin, a dead connection replaced by the next send that needs it.
 //!
-//! Why not reqwest: per request it parses the URL, clones header maps, arms
-//! a timer and goes through its pool; a fan-out sends millions of nearly
-//! identical requests, so the senders build them from prepared parts and
-//! hand them to hyper's HTTP/2 `SendRequest` directly.
+//! Why not reqwest (or hyper's client): per request reqwest parses the URL,
+//! clones header maps and goes through its pool, and hyper spawns a task
+//! to stream each request body, whose wake-up makes the connection write
+//! every request on its own (~1 `writev` per notification). A fan-out sends
+//! millions of nearly identical requests, so the senders build them from
+//! prepared parts and queue headers and body on the `h2` stream at once;
+//! the connection task then writes many requests per syscall.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::client::conn::http2::SendRequest;
+use h2::client::SendRequest;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{HeaderMap, Request, StatusCode, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -26,7 +27,22 @@ use tokio_rustls::TlsConnector;
 
 /// Longest response body read (provider answers are a few hundred bytes).
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
+/// A PING this often; a connection whose PONG is this late is dropped.
 const KEEP_ALIVE: Duration = Duration::from_secs(60);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One connection's request handle, and whether its task has ended.
+#[derive(Clone)]
+struct Conn {
+    sender: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
 
 /// A provider's answer.
 pub(crate) struct Answered {
@@ -63,7 +79,7 @@ pub(crate) struct H2Settings<'a> {
 }
 
 struct Slot {
-    sender: Mutex<Option<SendRequest<Full<Bytes>>>>,
+    conn: Mutex<Option<Conn>>,
     /// Held while (re)connecting, so a burst of sends opens one connection.
     connecting: tokio::sync::Mutex<()>,
 }
@@ -110,7 +126,7 @@ impl H2Client {
         let host = authority.host().trim_matches(['[', ']']).to_owned();
         let slots = (0..settings.connections.max(1))
             .map(|_| Slot {
-                sender: Mutex::new(None),
+                conn: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
             })
             .collect();
@@ -150,11 +166,12 @@ impl H2Client {
         self.connects.load(Ordering::Relaxed)
     }
 
-    /// Sends `request` and reads the whole answer, within the request
-    /// timeout. A request refused by a connection that was closing is sent
-    /// again on a fresh one (it never reached the provider).
-    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answered, H2Error> {
-        match tokio::time::timeout(self.request_timeout, self.exchange(request)).await {
+    /// Sends `request` (whose URI comes from [`H2Client::uri`]) with `body`
+    /// and reads the whole answer, within the request timeout. A request
+    /// refused by a connection that was closing is sent again on a fresh
+    /// one (it never reached the provider).
+    pub async fn send(&self, request: Request<()>, body: Bytes) -> Result<Answered, H2Error> {
+        match tokio::time::timeout(self.request_timeout, self.exchange(request, body)).await {
             Ok(answer) => answer,
             Err(_) => Err(H2Error::Request(format!(
                 "no answer within {} s",
@@ -163,38 +180,53 @@ impl H2Client {
         }
     }
 
-    async fn exchange(&self, mut request: Request<Full<Bytes>>) -> Result<Answered, H2Error> {
+    async fn exchange(&self, request: Request<()>, body: Bytes) -> Result<Answered, H2Error> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        for attempt in 0..2 {
-            let mut sender = self.sender(index).await?;
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let (parts, body) = response.into_parts();
-                    let body = Limited::new(body, MAX_RESPONSE_BODY)
-                        .collect()
-                        .await
-                        .map_err(|e| H2Error::Request(format!("response cut off: {e}")))?
-                        .to_bytes();
-                    return Ok(Answered {
-                        status: parts.status,
-                        headers: parts.headers,
-                        body,
-                    });
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if attempt == 0 => {
-                        self.forget_closed(index);
-                        request = unsent;
-                    }
-                    _ => return Err(H2Error::Request(e.into_error().to_string())),
-                },
+        let mut conn = self.conn(index).await?;
+        let mut sender = match conn.sender.clone().ready().await {
+            Ok(sender) => sender,
+            Err(_) => {
+                // Closed or going away before this request was sent: the
+                // provider never saw it, so a fresh connection gets it.
+                self.forget(index, &conn);
+                conn = self.conn(index).await?;
+                conn.sender
+                    .clone()
+                    .ready()
+                    .await
+                    .map_err(|e| H2Error::Request(e.to_string()))?
             }
+        };
+        let (response, mut stream) = sender
+            .send_request(request, false)
+            .map_err(|e| H2Error::Request(e.to_string()))?;
+        stream
+            .send_data(body, true)
+            .map_err(|e| H2Error::Request(e.to_string()))?;
+        let response = response
+            .await
+            .map_err(|e| H2Error::Request(e.to_string()))?;
+        let (parts, mut body) = response.into_parts();
+        let mut read = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|e| H2Error::Request(format!("response cut off: {e}")))?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if read.len() + chunk.len() > MAX_RESPONSE_BODY {
+                return Err(H2Error::Request(format!(
+                    "response body over {MAX_RESPONSE_BODY} bytes"
+                )));
+            }
+            read.extend_from_slice(&chunk);
         }
-        unreachable!("the second attempt always returns")
+        Ok(Answered {
+            status: parts.status,
+            headers: parts.headers,
+            body: Bytes::from(read),
+        })
     }
 
     /// The slot's live connection, opened when it has none.
-    async fn sender(&self, index: usize) -> Result<SendRequest<Full<Bytes>>, H2Error> {
+    async fn conn(&self, index: usize) -> Result<Conn, H2Error> {
         let slot = &self.slots[index];
         if let Some(live) = self.live(slot) {
             return Ok(live);
@@ -203,7 +235,7 @@ impl H2Client {
         if let Some(live) = self.live(slot) {
             return Ok(live); // another send connected while we waited
         }
-        let sender = tokio::time::timeout(self.connect_timeout, self.connect())
+        let conn = tokio::time::timeout(self.connect_timeout, self.connect())
             .await
             .map_err(|_| {
                 H2Error::Connect(format!(
@@ -214,32 +246,35 @@ impl H2Client {
                 ))
             })?
             .map_err(|e| H2Error::Connect(format!("{e:#}")))?;
-        *slot.sender.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
-        Ok(sender)
+        *slot.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        Ok(conn)
     }
 
-    fn live(&self, slot: &Slot) -> Option<SendRequest<Full<Bytes>>> {
-        let guard = slot.sender.lock().unwrap_or_else(PoisonError::into_inner);
-        guard.as_ref().filter(|s| !s.is_closed()).cloned()
+    fn live(&self, slot: &Slot) -> Option<Conn> {
+        let guard = slot.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.as_ref().filter(|c| !c.is_closed()).cloned()
     }
 
-    /// Drops the slot's connection once it has closed.
-    fn forget_closed(&self, index: usize) {
+    /// Drops the slot's connection if it is still `dead`.
+    fn forget(&self, index: usize, dead: &Conn) {
         let mut guard = self.slots[index]
-            .sender
+            .conn
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if guard.as_ref().is_some_and(SendRequest::is_closed) {
+        if guard
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.closed, &dead.closed))
+        {
             *guard = None;
         }
     }
 
-    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    async fn connect(&self) -> anyhow::Result<Conn> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .with_context(|| format!("TCP to {}:{}", self.host, self.port))?;
         tcp.set_nodelay(true)?;
-        let sender = match &self.tls {
+        let conn = match &self.tls {
             Some(tls) => {
                 let name = ServerName::try_from(self.host.clone())
                     .with_context(|| format!("{:?} is not a TLS server name", self.host))?;
@@ -250,32 +285,51 @@ impl H2Client {
                 if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
                     bail!("{} does not speak HTTP/2 (ALPN h2)", self.host);
                 }
-                self.handshake(TokioIo::new(stream)).await?
+                self.handshake(stream).await?
             }
-            None => self.handshake(TokioIo::new(tcp)).await?,
+            None => self.handshake(tcp).await?,
         };
         self.connects.fetch_add(1, Ordering::Relaxed);
-        Ok(sender)
+        Ok(conn)
     }
 
-    async fn handshake<T>(&self, io: T) -> anyhow::Result<SendRequest<Full<Bytes>>>
+    /// HTTP/2 over `io`; the connection runs in its own task, which PINGs
+    /// it every [`KEEP_ALIVE`] and drops it when a PONG is late.
+    async fn handshake<T>(&self, io: T) -> anyhow::Result<Conn>
     where
-        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(KEEP_ALIVE)
-            .keep_alive_while_idle(true)
-            .handshake(io)
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake::<_, Bytes>(io)
             .await
             .with_context(|| format!("HTTP/2 handshake with {}", self.host))?;
-        let host = self.host.clone();
+        let mut ping = connection.ping_pong().expect("taken once, here");
+        let closed = Arc::new(AtomicBool::new(false));
+        let (host, done) = (self.host.clone(), closed.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, host = %host, "provider connection closed");
-            }
+            let keep_alive = async {
+                loop {
+                    tokio::time::sleep(KEEP_ALIVE).await;
+                    match tokio::time::timeout(PING_TIMEOUT, ping.ping(h2::Ping::opaque())).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return format!("PING failed: {e}"),
+                        Err(_) => return format!("no PONG within {} s", PING_TIMEOUT.as_secs()),
+                    }
+                }
+            };
+            let why = tokio::select! {
+                ended = &mut connection => match ended {
+                    Ok(()) => "closed".to_owned(),
+                    Err(e) => e.to_string(),
+                },
+                why = keep_alive => why,
+            };
+            done.store(true, Ordering::Release);
+            tracing::debug!(host = %host, why = %why, "provider connection ended");
         });
-        Ok(sender)
+        Ok(Conn { sender, closed })
     }
 }
 
