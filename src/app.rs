@@ -349,6 +349,7 @@ fn build_fanout(
         ttl: Duration::from_secs(p.ttl_secs),
         metrics: Default::default(),
         stale: Duration::from_secs(p.stale_batch_secs.max(1)),
+        batch_concurrency: p.in_flight.max(1),
         consumer: format!(
             "{}-{}",
             std::process::id(),

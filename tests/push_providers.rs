@@ -54,13 +54,22 @@ fn apns_settings(fake: &ApnsFake, dir: &Path, key: Option<&ApnsKey>) -> ApnsSett
         team_id: fake.team_id().to_owned(),
         topic: fake.topic().to_owned(),
         ca_file,
+        ..ApnsSettings::default()
     }
 }
 
 async fn apns() -> (ApnsFake, ApnsProvider, TempDir) {
+    apns_with_connections(ApnsSettings::default().connections).await
+}
+
+async fn apns_with_connections(connections: usize) -> (ApnsFake, ApnsProvider, TempDir) {
     let fake = ApnsFake::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let provider = ApnsProvider::from_settings(&apns_settings(&fake, dir.path(), None)).unwrap();
+    let settings = ApnsSettings {
+        connections,
+        ..apns_settings(&fake, dir.path(), None)
+    };
+    let provider = ApnsProvider::from_settings(&settings).unwrap();
     (fake, provider, dir)
 }
 
@@ -71,6 +80,7 @@ fn fcm_provider(fake: &FcmFake, dir: &Path, account: &serde_json::Value) -> FcmP
         enabled: true,
         base_url: fake.base_url(),
         service_account_file,
+        ..FcmSettings::default()
     })
     .unwrap()
 }
@@ -155,7 +165,7 @@ async fn apns_sends_over_http2_with_apple_headers_and_a2_payload() {
     assert_eq!(d.topic, fake.topic());
     assert_eq!(d.push_type, "alert");
     assert_eq!(d.priority.as_deref(), Some("5"));
-    assert_eq!(d.expiration, Some(msg.expires_at.timestamp() as u64));
+    assert_eq!(d.expiration, Some(msg.notice.expires_at.timestamp() as u64));
     assert_eq!(d.collapse_id.as_deref(), Some("fw.WH-1000XM5"));
     assert_eq!(d.payload["aps"]["alert"]["title"], "WH-1000XM5 2.2.0");
     assert_eq!(d.payload["aps"]["alert"]["body"], "Improves call quality.");
@@ -276,7 +286,7 @@ async fn apns_payload_too_large_is_fatal_and_not_retried() {
     let (fake, provider, _dir) = apns().await;
     let token = apns_token(5);
     let mut msg = notice(&token);
-    msg.body = "x".repeat(5000);
+    msg.notice.body = "x".repeat(5000);
     let delivery = send_with_retry(&provider, &msg, &RetryPolicy::default()).await;
     assert_fatal(&delivery.outcome, "413 PayloadTooLarge");
     assert_eq!(delivery.attempts, 1);
@@ -373,8 +383,8 @@ async fn apns_concurrent_sends_seeing_an_expired_token_refresh_it_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apns_jwt_is_shared_by_100_concurrent_sends_on_one_connection() {
-    let (fake, provider, _dir) = apns().await;
+async fn apns_jwt_is_shared_by_100_concurrent_sends_on_the_configured_connections() {
+    let (fake, provider, _dir) = apns_with_connections(3).await;
     let provider = Arc::new(provider);
     let tokens: Vec<String> = (0..100).map(|i| apns_token(2000 + i)).collect();
     let outcomes = send_concurrently(provider.clone(), tokens.clone()).await;
@@ -384,14 +394,14 @@ async fn apns_jwt_is_shared_by_100_concurrent_sends_on_one_connection() {
     assert_eq!(provider.tokens_signed(), 1);
     assert_eq!(
         fake.connections(),
-        1,
-        "sends should share one HTTP/2 connection"
+        3,
+        "sends should share the 3 configured HTTP/2 connections"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apns_a_slow_answer_does_not_hold_up_other_streams() {
-    let (fake, provider, _dir) = apns().await;
+    let (fake, provider, _dir) = apns_with_connections(1).await;
     let provider: Arc<dyn Provider> = Arc::new(provider);
     assert_sent(&provider.send(&notice(&apns_token(3000))).await);
     let slow = apns_token(3001);
@@ -540,10 +550,10 @@ async fn fcm_payload_errors_are_fatal() {
     let (fake, provider, _dir) = fcm().await;
     let token = fcm_token(40);
     let mut too_big = notice(&token);
-    too_big.data.insert("notes".into(), "x".repeat(5000));
+    too_big.notice.data.insert("notes".into(), "x".repeat(5000));
     assert_fatal(&provider.send(&too_big).await, "INVALID_ARGUMENT");
     let mut reserved = notice(&token);
-    reserved.data.insert("from".into(), "me".into());
+    reserved.notice.data.insert("from".into(), "me".into());
     assert_fatal(&provider.send(&reserved).await, "INVALID_ARGUMENT");
     assert_eq!(fake.delivered_to(&token), 0);
 }

@@ -332,7 +332,12 @@ impl PushStore for EmbeddedPushStore {
         let consumer = consumer.to_owned();
         self.run(move |db| {
             let now = Utc::now().timestamp_millis();
-            let txn = db.begin_write().db()?;
+            let mut txn = db.begin_write().db()?;
+            // A claim lost to a crash puts the batch back in the queue, the
+            // same as a worker that died holding it: sent again (collapse id
+            // hides it), never missed. Not worth an fsync per batch; the
+            // batch's `complete` is durable and makes this claim durable too.
+            txn.set_durability(redb::Durability::Eventual);
             let claimed = {
                 let mut inflight = txn.open_table(INFLIGHT).db()?;
                 // A batch whose worker went quiet for `stale` is taken over first.

@@ -8,7 +8,7 @@
 
 use super::store::{Claimed, JobCounters, JobState, ProviderKind, PushStore, Subscription};
 use crate::catalog::Catalog;
-use crate::push::{send_with_retry, Provider, PushMessage, RetryPolicy, SendOutcome};
+use crate::push::{send_prepared_with_retry, Notice, Prepared, Provider, RetryPolicy, SendOutcome};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -79,6 +79,9 @@ pub struct Fanout {
     pub consumer: String,
     /// A batch claimed this long ago and not completed is taken over.
     pub stale: Duration,
+    /// Sends one batch may have in flight (`push.in_flight`): one batch can
+    /// fill a provider's window while the other workers load theirs.
+    pub batch_concurrency: usize,
 }
 
 impl Fanout {
@@ -149,13 +152,15 @@ impl Fanout {
             .store
             .subscribers_in(&batch.product, &batch.first, &batch.last)
             .await?;
+        let notices = self.prepare_notices(&release, &subs);
         let fatal = std::sync::Mutex::new(None::<String>);
         let delta = std::sync::Mutex::new(JobCounters::default());
-        futures_util::stream::iter(subs)
-            .for_each_concurrent(256, |sub| {
-                let (release, fatal, delta) = (&release, &fatal, &delta);
+        futures_util::stream::iter(&subs)
+            .for_each_concurrent(self.batch_concurrency.max(1), |sub| {
+                let (notices, fatal, delta) = (&notices, &fatal, &delta);
                 async move {
-                    let result = self.deliver(&sub, release).await;
+                    let prepared = notices.get(&(sub.provider, sub.locale.as_str()));
+                    let result = self.deliver(sub, prepared).await;
                     let mut d = delta.lock().expect("no panics under this lock");
                     d.retried += result.retried;
                     match result.outcome {
@@ -186,36 +191,70 @@ impl Fanout {
         Ok(())
     }
 
-    async fn deliver(&self, sub: &Subscription, release: &crate::catalog::Release) -> Delivered {
+    /// The batch's notice, in each provider's wire form, once per locale.
+    fn prepare_notices<'s>(
+        &self,
+        release: &crate::catalog::Release,
+        subs: &'s [Subscription],
+    ) -> HashMap<(ProviderKind, &'s str), Result<Prepared, String>> {
+        let m = &release.manifest;
+        let version = m.version.to_string();
+        let mut notices = HashMap::new();
+        for sub in subs {
+            let key = (sub.provider, sub.locale.as_str());
+            if notices.contains_key(&key) {
+                continue;
+            }
+            let Some(slot) = self.providers.get(&sub.provider) else {
+                continue;
+            };
+            let body = m
+                .note_for(&sub.locale)
+                .unwrap_or("A firmware update is available.");
+            let notice = Notice::update_available(
+                &m.product,
+                &version,
+                m.critical,
+                format!("{} {}", m.product, m.version),
+                body,
+            )
+            .with_ttl(self.ttl);
+            notices.insert(key, slot.provider.prepare(&notice));
+        }
+        notices
+    }
+
+    async fn deliver(
+        &self,
+        sub: &Subscription,
+        prepared: Option<&Result<Prepared, String>>,
+    ) -> Delivered {
         let i = slot(sub.provider);
-        let Some(slot) = self.providers.get(&sub.provider) else {
+        let (Some(slot), Some(prepared)) = (self.providers.get(&sub.provider), prepared) else {
             self.metrics.failed[i].fetch_add(1, Relaxed);
             return Delivered {
                 outcome: Outcome::Failed,
                 retried: 0,
             };
         };
-        let m = &release.manifest;
-        let body = m
-            .note_for(&sub.locale)
-            .unwrap_or("A firmware update is available.")
-            .to_owned();
-        let msg = PushMessage::update_available(
-            sub.token.clone(),
-            &m.product,
-            &m.version.to_string(),
-            m.critical,
-            format!("{} {}", m.product, m.version),
-            body,
-        )
-        .with_ttl(self.ttl);
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(reason) => {
+                self.metrics.failed[i].fetch_add(1, Relaxed);
+                return Delivered {
+                    outcome: Outcome::Fatal(format!("{}: {reason}", slot.provider.name())),
+                    retried: 0,
+                };
+            }
+        };
         let delivery = {
             let _permit = slot
                 .in_flight
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
-            send_with_retry(slot.provider.as_ref(), &msg, &self.policy).await
+            send_prepared_with_retry(slot.provider.as_ref(), prepared, &sub.token, &self.policy)
+                .await
         };
         let retried = u64::from(delivery.attempts.saturating_sub(1));
         self.metrics.retried[i].fetch_add(retried, Relaxed);

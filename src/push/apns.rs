@@ -8,11 +8,12 @@
 //! first send to see it; the others pick up the new one) and the send retried
 //! once.
 //!
-//! The JSON payload and the header values come from the `a2` crate's types;
-//! the HTTP is ours (reqwest, rustls).
+//! The JSON payload and the header values come from the `a2` crate's types,
+//! built once per notice ([`Provider::prepare`]); the HTTP/2 is ours
+//! ([`super::h2`]: hyper over rustls, a few connections).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use a2::request::notification::{
@@ -24,16 +25,17 @@ use anyhow::{anyhow, Context as _};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use reqwest::StatusCode;
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::h2::{H2Client, H2Error, H2Settings};
 use super::{
-    compact_jws, excerpt, parse_retry_after, pem_to_der, unix_now, ApnsSettings, Priority,
-    Provider, PushMessage, SendOutcome,
+    compact_jws, excerpt, parse_retry_after, pem_to_der, read_ca_file, unix_now, ApnsSettings,
+    Notice, Prepared, Priority, Provider, SendOutcome,
 };
 
 /// Age at which the provider token is re-signed. Apple rejects tokens older
@@ -88,7 +90,8 @@ impl ApnsTokenSigner {
 
 #[derive(Clone)]
 struct ProviderToken {
-    jwt: Arc<str>,
+    /// `bearer {jwt}`, ready for every request.
+    authorization: HeaderValue,
     generation: u64,
     minted: tokio::time::Instant,
 }
@@ -132,9 +135,11 @@ impl ProviderTokens {
 
     fn mint(&self, slot: &mut Option<ProviderToken>) -> anyhow::Result<ProviderToken> {
         let jwt = self.signer.sign(unix_now())?;
+        let authorization = HeaderValue::from_str(&format!("bearer {jwt}"))
+            .context("the provider token is not a header value")?;
         self.signed.fetch_add(1, Ordering::Relaxed);
         let token = ProviderToken {
-            jwt: jwt.into(),
+            authorization,
             generation: slot.as_ref().map_or(1, |t| t.generation + 1),
             minted: tokio::time::Instant::now(),
         };
@@ -145,7 +150,7 @@ impl ProviderTokens {
 
 /// The APNs [`Provider`].
 pub struct ApnsProvider {
-    client: reqwest::Client,
+    client: H2Client,
     base_url: String,
     topic: String,
     tokens: ProviderTokens,
@@ -166,15 +171,14 @@ impl ApnsProvider {
         let pem = std::fs::read_to_string(&settings.key_file)
             .with_context(|| format!("reading APNs key {}", settings.key_file.display()))?;
         let signer = ApnsTokenSigner::from_pkcs8_pem(&pem, &settings.key_id, &settings.team_id)?;
-        let ca =
-            if settings.ca_file.as_os_str().is_empty() {
-                None
-            } else {
-                Some(std::fs::read(&settings.ca_file).with_context(|| {
-                    format!("reading APNs ca_file {}", settings.ca_file.display())
-                })?)
-            };
-        Self::new(&settings.base_url, &settings.topic, signer, ca.as_deref())
+        let ca = read_ca_file(&settings.ca_file, "APNs")?;
+        Self::with_connections(
+            &settings.base_url,
+            &settings.topic,
+            signer,
+            ca.as_deref(),
+            settings.connections,
+        )
     }
 
     /// `extra_root_pem`: PEM certificates trusted besides the web PKI roots.
@@ -184,27 +188,36 @@ impl ApnsProvider {
         signer: ApnsTokenSigner,
         extra_root_pem: Option<&[u8]>,
     ) -> anyhow::Result<Self> {
+        Self::with_connections(
+            base_url,
+            topic,
+            signer,
+            extra_root_pem,
+            super::DEFAULT_CONNECTIONS,
+        )
+    }
+
+    fn with_connections(
+        base_url: &str,
+        topic: &str,
+        signer: ApnsTokenSigner,
+        extra_root_pem: Option<&[u8]>,
+        connections: usize,
+    ) -> anyhow::Result<Self> {
         if topic.is_empty() {
             anyhow::bail!("APNs topic (the app's bundle id) must be set");
         }
         HeaderValue::from_str(topic).context("APNs topic is not a valid header value")?;
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .http2_prior_knowledge()
-            .http2_keep_alive_interval(Duration::from_secs(60))
-            .http2_keep_alive_while_idle(true)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(600));
-        if let Some(pem) = extra_root_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)
-                .context("APNs ca_file is not PEM certificates")?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
+        let client = H2Client::new(&H2Settings {
+            base_url,
+            extra_roots_pem: extra_root_pem,
+            connections,
+            connect_timeout: CONNECT_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+        })
+        .context("APNs base_url")?;
         Ok(ApnsProvider {
-            client: builder.build().context("building the APNs HTTP/2 client")?,
+            client,
             base_url: base_url.trim_end_matches('/').to_owned(),
             topic: topic.to_owned(),
             tokens: ProviderTokens::new(signer, TOKEN_REFRESH_AFTER),
@@ -217,39 +230,30 @@ impl ApnsProvider {
         self.tokens.signed.load(Ordering::Relaxed)
     }
 
-    async fn post(&self, msg: &PushMessage, request: &ApnsRequest, jwt: &str) -> Answer {
-        let url = format!("{}/3/device/{}", self.base_url, msg.token);
-        let mut headers = request.headers.clone();
-        match HeaderValue::from_str(&format!("bearer {jwt}")) {
-            Ok(v) => headers.insert(AUTHORIZATION, v),
-            Err(_) => return Answer::Done(fatal("the provider token is not a header value")),
+    async fn post(&self, device: &str, request: &ApnsRequest, token: &ProviderToken) -> Answer {
+        let uri = match self.client.uri(&format!("/3/device/{device}")) {
+            Ok(uri) => uri,
+            Err(e) => return Answer::Done(fatal(format!("APNs request: {e}"))),
         };
-        let response = match self
-            .client
-            .post(url)
-            .headers(headers)
-            .body(request.payload.clone())
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(e) if e.is_builder() => {
-                return Answer::Done(fatal(format!("APNs request: {e}")));
-            }
-            Err(e) => {
-                return Answer::Done(SendOutcome::Retry {
-                    after: None,
-                    reason: format!("APNs unreachable: {e}"),
-                })
-            }
-        };
-        let status = response.status();
-        let headers = response.headers().clone();
-        match response.text().await {
-            Ok(body) => classify(status, &headers, &body),
+        let mut http = Request::new(());
+        *http.method_mut() = Method::POST;
+        *http.uri_mut() = uri;
+        let headers = http.headers_mut();
+        headers.clone_from(&request.headers);
+        headers.insert(AUTHORIZATION, token.authorization.clone());
+        match self.client.send(http, request.payload.clone()).await {
+            Ok(answer) => classify(
+                answer.status,
+                &answer.headers,
+                &String::from_utf8_lossy(&answer.body),
+            ),
+            Err(e @ H2Error::Connect(_)) => Answer::Done(SendOutcome::Retry {
+                after: None,
+                reason: format!("APNs unreachable: {e}"),
+            }),
             Err(e) => Answer::Done(SendOutcome::Retry {
                 after: None,
-                reason: format!("APNs response cut off: {e}"),
+                reason: format!("APNs: {e}"),
             }),
         }
     }
@@ -261,29 +265,32 @@ impl Provider for ApnsProvider {
         "apns"
     }
 
-    async fn send(&self, msg: &PushMessage) -> SendOutcome {
-        if !is_device_token(&msg.token) {
+    fn prepare(&self, notice: &Notice) -> Result<Prepared, String> {
+        ApnsRequest::build(notice, &self.topic).map(Prepared::new)
+    }
+
+    async fn send_prepared(&self, prepared: &Prepared, device: &str) -> SendOutcome {
+        if !is_device_token(device) {
             return SendOutcome::DeadToken {
                 reason: "malformed APNs device token (not hex)".into(),
                 since: None,
             };
         }
-        let request = match ApnsRequest::build(msg, &self.topic) {
-            Ok(request) => request,
-            Err(reason) => return fatal(reason),
+        let Some(request) = prepared.get::<ApnsRequest>() else {
+            return fatal("a notice prepared by another provider was given to APNs");
         };
         let token = match self.tokens.current() {
             Ok(token) => token,
             Err(e) => return fatal(format!("signing the APNs provider token: {e:#}")),
         };
-        match self.post(msg, &request, &token.jwt).await {
+        match self.post(device, request, &token).await {
             Answer::Done(outcome) => outcome,
             Answer::ExpiredProviderToken => {
                 let token = match self.tokens.refresh(token.generation) {
                     Ok(token) => token,
                     Err(e) => return fatal(format!("signing the APNs provider token: {e:#}")),
                 };
-                match self.post(msg, &request, &token.jwt).await {
+                match self.post(device, request, &token).await {
                     Answer::Done(outcome) => outcome,
                     Answer::ExpiredProviderToken => fatal(
                         "APNs 403 ExpiredProviderToken right after a refresh: \
@@ -307,15 +314,15 @@ fn is_device_token(token: &str) -> bool {
     !token.is_empty() && token.len() <= 512 && token.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Body and headers (all but `authorization`) of one notification, built
-/// once and reused by the retry after a token refresh.
+/// Body and headers (all but `authorization`) of one notice, built once
+/// and sent to every device token it goes to.
 struct ApnsRequest {
     payload: Bytes,
     headers: HeaderMap,
 }
 
 impl ApnsRequest {
-    fn build(msg: &PushMessage, topic: &str) -> Result<Self, String> {
+    fn build(msg: &Notice, topic: &str) -> Result<Self, String> {
         let collapse_id = CollapseId::new(&msg.collapse_id).map_err(|e| e.to_string())?;
         let expiration = if msg.expires_at <= Utc::now() {
             0 // expired: deliver now or never, APNs does not store it
@@ -336,7 +343,7 @@ impl ApnsRequest {
         let mut payload = DefaultNotificationBuilder::new()
             .set_title(&msg.title)
             .set_body(&msg.body)
-            .build(&msg.token, options);
+            .build("", options);
         for (key, value) in &msg.data {
             if key == "aps" {
                 return Err("custom data may not use the key `aps`".into());
@@ -451,6 +458,7 @@ fn millis_to_time(value: &serde_json::Value) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::PushMessage;
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine as _;
 
@@ -470,11 +478,11 @@ mod tests {
         let tokens = ProviderTokens::new(test_signer(), TOKEN_REFRESH_AFTER);
         let first = tokens.current().unwrap();
         tokio::time::advance(Duration::from_secs(39 * 60)).await;
-        assert_eq!(tokens.current().unwrap().jwt, first.jwt);
+        assert_eq!(tokens.current().unwrap().authorization, first.authorization);
         assert_eq!(tokens.signed.load(Ordering::Relaxed), 1);
         tokio::time::advance(Duration::from_secs(60)).await;
         let second = tokens.current().unwrap();
-        assert_ne!(second.jwt, first.jwt);
+        assert_ne!(second.authorization, first.authorization);
         assert_eq!(second.generation, first.generation + 1);
         assert_eq!(tokens.signed.load(Ordering::Relaxed), 2);
         assert!(TOKEN_REFRESH_AFTER >= Duration::from_secs(20 * 60));
@@ -487,15 +495,15 @@ mod tests {
         let stale = tokens.current().unwrap();
         let a = tokens.refresh(stale.generation).unwrap();
         let b = tokens.refresh(stale.generation).unwrap();
-        assert_eq!(a.jwt, b.jwt);
-        assert_ne!(a.jwt, stale.jwt);
+        assert_eq!(a.authorization, b.authorization);
+        assert_ne!(a.authorization, stale.authorization);
         assert_eq!(tokens.signed.load(Ordering::Relaxed), 2);
     }
 
     #[test]
     fn payload_and_headers_follow_apns_shape() {
         let msg = PushMessage::update_available("ab12", "WH-1000XM5", "2.2.0", true, "T", "B");
-        let request = ApnsRequest::build(&msg, "com.example.app").unwrap();
+        let request = ApnsRequest::build(&msg.notice, "com.example.app").unwrap();
         let json: serde_json::Value = serde_json::from_slice(&request.payload).unwrap();
         assert_eq!(json["aps"]["alert"], json!({"title": "T", "body": "B"}));
         assert_eq!(json["product"], "WH-1000XM5");
@@ -507,16 +515,16 @@ mod tests {
         assert_eq!(h["apns-priority"], "10");
         assert_eq!(h["apns-collapse-id"], "fw.WH-1000XM5");
         let expiration: i64 = h["apns-expiration"].to_str().unwrap().parse().unwrap();
-        assert_eq!(expiration, msg.expires_at.timestamp());
+        assert_eq!(expiration, msg.notice.expires_at.timestamp());
     }
 
     #[test]
     fn oversized_collapse_id_and_aps_data_key_are_fatal_locally() {
         let mut msg = PushMessage::update_available("ab12", "P", "1.0.0", false, "T", "B");
-        msg.collapse_id = "x".repeat(65);
-        assert!(ApnsRequest::build(&msg, "t").is_err());
+        msg.notice.collapse_id = "x".repeat(65);
+        assert!(ApnsRequest::build(&msg.notice, "t").is_err());
         let mut msg = PushMessage::update_available("ab12", "P", "1.0.0", false, "T", "B");
-        msg.data.insert("aps".into(), "x".into());
-        assert!(ApnsRequest::build(&msg, "t").is_err());
+        msg.notice.data.insert("aps".into(), "x".into());
+        assert!(ApnsRequest::build(&msg.notice, "t").is_err());
     }
 }

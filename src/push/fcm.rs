@@ -3,29 +3,33 @@
 //! access token from the service account's `token_uri` (JWT-bearer grant,
 //! RS256 assertion signed by the account's key).
 //!
-//! One [`FcmProvider`] holds one HTTP client and one access token, fetched by
-//! the first send that needs it (the others wait for it rather than fetching
-//! their own) and reused until shortly before `expires_in`. A 401 refreshes
-//! it once and retries once; a second 401 is a credential error.
+//! One [`FcmProvider`] holds a few HTTP/2 connections ([`super::h2`]) and
+//! one access token, fetched by the first send that needs it (the others
+//! wait for it rather than fetching their own) and reused until shortly
+//! before `expires_in`. A 401 refreshes it once and retries once; a second
+//! 401 is a credential error. The message body is serialized once per
+//! notice; each send only splices in its token.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::Utc;
-use reqwest::header::HeaderMap;
-use reqwest::StatusCode;
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode, Uri};
 use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::h2::{H2Client, H2Error, H2Settings};
 use super::{
-    compact_jws, excerpt, parse_retry_after, pem_to_der, unix_now, FcmSettings, Priority, Provider,
-    PushMessage, SendOutcome,
+    compact_jws, excerpt, parse_retry_after, pem_to_der, read_ca_file, unix_now, FcmSettings,
+    Notice, Prepared, Priority, Provider, SendOutcome,
 };
 
 /// The OAuth2 scope for sending with the v1 API.
@@ -126,7 +130,8 @@ impl AssertionSigner {
 
 #[derive(Clone)]
 struct AccessToken {
-    value: Arc<str>,
+    /// `Bearer {access token}`, ready for every request.
+    authorization: HeaderValue,
     generation: u64,
     refresh_at: tokio::time::Instant,
 }
@@ -140,48 +145,85 @@ struct TokenResponse {
 
 /// The FCM [`Provider`].
 pub struct FcmProvider {
+    /// For the OAuth token endpoint (rare requests, HTTP/1.1 is fine).
     client: reqwest::Client,
-    send_url: String,
+    sender: H2Client,
+    send_uri: Uri,
     signer: AssertionSigner,
-    token: tokio::sync::Mutex<Option<AccessToken>>,
+    /// The current token, read by every send without waiting.
+    token: Mutex<Option<AccessToken>>,
+    /// Held while fetching, so one send fetches and the others wait.
+    fetching: tokio::sync::Mutex<()>,
     fetched: AtomicU64,
 }
 
 impl std::fmt::Debug for FcmProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FcmProvider")
-            .field("send_url", &self.send_url)
+            .field("send_uri", &self.send_uri)
             .field("token_uri", &self.signer.token_uri)
             .finish_non_exhaustive()
     }
 }
 
 impl FcmProvider {
-    /// From `[push.fcm]`: reads `service_account_file`.
+    /// From `[push.fcm]`: reads `service_account_file` and, when set, `ca_file`.
     pub fn from_settings(settings: &FcmSettings) -> anyhow::Result<Self> {
         let account = ServiceAccount::from_file(&settings.service_account_file)?;
-        Self::new(&settings.base_url, &account)
+        let ca = read_ca_file(&settings.ca_file, "FCM")?;
+        Self::build(
+            &settings.base_url,
+            &account,
+            ca.as_deref(),
+            settings.connections,
+        )
     }
 
     pub fn new(base_url: &str, account: &ServiceAccount) -> anyhow::Result<Self> {
+        Self::build(base_url, account, None, super::DEFAULT_CONNECTIONS)
+    }
+
+    fn build(
+        base_url: &str,
+        account: &ServiceAccount,
+        extra_roots_pem: Option<&[u8]>,
+        connections: usize,
+    ) -> anyhow::Result<Self> {
         if account.project_id.is_empty() || account.client_email.is_empty() {
             anyhow::bail!("the service account has no project_id or client_email");
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .context("building the FCM HTTP client")?;
-        Ok(FcmProvider {
-            client,
-            send_url: format!(
-                "{}/v1/projects/{}/messages:send",
-                base_url.trim_end_matches('/'),
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(pem) = extra_roots_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .context("FCM ca_file is not PEM certificates")?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let sender = H2Client::new(&H2Settings {
+            base_url,
+            extra_roots_pem,
+            connections,
+            connect_timeout: CONNECT_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+        })
+        .context("FCM base_url")?;
+        let send_uri = sender
+            .uri(&format!(
+                "/v1/projects/{}/messages:send",
                 account.project_id
-            ),
+            ))
+            .map_err(|e| anyhow!("the service account's project_id: {e}"))?;
+        Ok(FcmProvider {
+            client: builder.build().context("building the OAuth HTTP client")?,
+            sender,
+            send_uri,
             signer: AssertionSigner::new(account)?,
-            token: tokio::sync::Mutex::new(None),
+            token: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
             fetched: AtomicU64::new(0),
         })
     }
@@ -192,13 +234,22 @@ impl FcmProvider {
         self.fetched.load(Ordering::Relaxed)
     }
 
+    /// The current token unless it is due for refresh or is `stale`.
+    fn cached(&self, stale_generation: Option<u64>) -> Option<AccessToken> {
+        let slot = self.token.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.as_ref()
+            .filter(|t| {
+                tokio::time::Instant::now() < t.refresh_at && Some(t.generation) != stale_generation
+            })
+            .cloned()
+    }
+
     /// The cached access token, fetched when missing or about to expire.
     async fn access_token(&self) -> Result<AccessToken, SendOutcome> {
-        let mut slot = self.token.lock().await;
-        match slot.as_ref() {
-            Some(token) if tokio::time::Instant::now() < token.refresh_at => Ok(token.clone()),
-            _ => self.fetch(&mut slot).await,
+        if let Some(token) = self.cached(None) {
+            return Ok(token);
         }
+        self.fetch_unless_fresh(None).await
     }
 
     /// A new access token to replace the one of `stale_generation` that FCM
@@ -207,19 +258,29 @@ impl FcmProvider {
         &self,
         stale_generation: u64,
     ) -> Result<AccessToken, SendOutcome> {
-        let mut slot = self.token.lock().await;
-        match slot.as_ref() {
-            Some(token)
-                if token.generation != stale_generation
-                    && tokio::time::Instant::now() < token.refresh_at =>
-            {
-                Ok(token.clone())
-            }
-            _ => self.fetch(&mut slot).await,
-        }
+        self.fetch_unless_fresh(Some(stale_generation)).await
     }
 
-    async fn fetch(&self, slot: &mut Option<AccessToken>) -> Result<AccessToken, SendOutcome> {
+    async fn fetch_unless_fresh(
+        &self,
+        stale_generation: Option<u64>,
+    ) -> Result<AccessToken, SendOutcome> {
+        let _fetching = self.fetching.lock().await;
+        if let Some(token) = self.cached(stale_generation) {
+            return Ok(token); // fetched by the send we waited for
+        }
+        let previous = self
+            .token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |t| t.generation);
+        let token = self.fetch(previous + 1).await?;
+        *self.token.lock().unwrap_or_else(PoisonError::into_inner) = Some(token.clone());
+        Ok(token)
+    }
+
+    async fn fetch(&self, generation: u64) -> Result<AccessToken, SendOutcome> {
         let assertion = self
             .signer
             .sign(unix_now())
@@ -267,42 +328,37 @@ impl FcmProvider {
         if parsed.access_token.is_empty() {
             return Err(fatal("OAuth token response without access_token"));
         }
+        let authorization = HeaderValue::from_str(&format!("Bearer {}", parsed.access_token))
+            .map_err(|_| fatal("the OAuth access token is not a header value"))?;
         let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(ASSERTION_LIFETIME_SECS));
-        let token = AccessToken {
-            value: parsed.access_token.into(),
-            generation: slot.as_ref().map_or(1, |t| t.generation + 1),
-            refresh_at: tokio::time::Instant::now() + lifetime - REFRESH_MARGIN.min(lifetime / 2),
-        };
         self.fetched.fetch_add(1, Ordering::Relaxed);
-        *slot = Some(token.clone());
-        Ok(token)
+        Ok(AccessToken {
+            authorization,
+            generation,
+            refresh_at: tokio::time::Instant::now() + lifetime - REFRESH_MARGIN.min(lifetime / 2),
+        })
     }
 
-    async fn post(&self, body: &Value, access_token: &str) -> Answer {
-        let response = match self
-            .client
-            .post(&self.send_url)
-            .bearer_auth(access_token)
-            .json(body)
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(e) if e.is_builder() => return Answer::Done(fatal(format!("FCM request: {e}"))),
-            Err(e) => {
-                return Answer::Done(SendOutcome::Retry {
-                    after: None,
-                    reason: format!("FCM unreachable: {e}"),
-                })
-            }
-        };
-        let status = response.status();
-        let headers = response.headers().clone();
-        match response.text().await {
-            Ok(text) => classify(status, &headers, &text),
+    async fn post(&self, body: Bytes, token: &AccessToken) -> Answer {
+        let mut http = Request::new(());
+        *http.method_mut() = Method::POST;
+        *http.uri_mut() = self.send_uri.clone();
+        let headers = http.headers_mut();
+        headers.insert(AUTHORIZATION, token.authorization.clone());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match self.sender.send(http, body).await {
+            Ok(answer) => classify(
+                answer.status,
+                &answer.headers,
+                &String::from_utf8_lossy(&answer.body),
+            ),
+            Err(e @ H2Error::Connect(_)) => Answer::Done(SendOutcome::Retry {
+                after: None,
+                reason: format!("FCM unreachable: {e}"),
+            }),
             Err(e) => Answer::Done(SendOutcome::Retry {
                 after: None,
-                reason: format!("FCM response cut off: {e}"),
+                reason: format!("FCM: {e}"),
             }),
         }
     }
@@ -314,29 +370,33 @@ impl Provider for FcmProvider {
         "fcm"
     }
 
-    async fn send(&self, msg: &PushMessage) -> SendOutcome {
-        if msg.token.is_empty() {
+    fn prepare(&self, notice: &Notice) -> Result<Prepared, String> {
+        MessageTemplate::new(notice).map(Prepared::new)
+    }
+
+    async fn send_prepared(&self, prepared: &Prepared, device: &str) -> SendOutcome {
+        if device.is_empty() {
             return SendOutcome::DeadToken {
                 reason: "empty FCM registration token".into(),
                 since: None,
             };
         }
-        let body = match message_body(msg) {
-            Ok(body) => body,
-            Err(reason) => return fatal(reason),
+        let Some(template) = prepared.get::<MessageTemplate>() else {
+            return fatal("a notice prepared by another provider was given to FCM");
         };
+        let body = template.body_for(device);
         let token = match self.access_token().await {
             Ok(token) => token,
             Err(outcome) => return outcome,
         };
-        match self.post(&body, &token.value).await {
+        match self.post(body.clone(), &token).await {
             Answer::Done(outcome) => outcome,
             Answer::Unauthenticated(_) => {
                 let token = match self.refresh_access_token(token.generation).await {
                     Ok(token) => token,
                     Err(outcome) => return outcome,
                 };
-                match self.post(&body, &token.value).await {
+                match self.post(body, &token).await {
                     Answer::Done(outcome) => outcome,
                     Answer::Unauthenticated(reason) => {
                         fatal(format!("FCM 401 with a fresh access token: {reason}"))
@@ -353,8 +413,44 @@ fn fatal(reason: impl Into<String>) -> SendOutcome {
     }
 }
 
-/// The v1 `messages:send` body.
-fn message_body(msg: &PushMessage) -> Result<Value, String> {
+/// The v1 `messages:send` body of one notice, serialized once and split
+/// where each send puts its token: `{"message":{"token":` + the token as a
+/// JSON string + the rest.
+struct MessageTemplate {
+    head: &'static [u8],
+    tail: Vec<u8>,
+}
+
+impl MessageTemplate {
+    const HEAD: &'static [u8] = br#"{"message":{"token":"#;
+
+    fn new(notice: &Notice) -> Result<Self, String> {
+        let without_token = message_body(notice)?.to_string();
+        // Serializes as `{"message":{...}}`; keep what follows the `{` that
+        // opens `message`, after a comma for the token before it.
+        let rest = without_token
+            .strip_prefix(r#"{"message":{"#)
+            .ok_or("the FCM message did not serialize as an object")?;
+        let mut tail = Vec::with_capacity(rest.len() + 1);
+        tail.push(b',');
+        tail.extend_from_slice(rest.as_bytes());
+        Ok(MessageTemplate {
+            head: Self::HEAD,
+            tail,
+        })
+    }
+
+    fn body_for(&self, token: &str) -> Bytes {
+        let mut body = Vec::with_capacity(self.head.len() + token.len() + 2 + self.tail.len());
+        body.extend_from_slice(self.head);
+        serde_json::to_writer(&mut body, token).expect("a string serializes into a Vec");
+        body.extend_from_slice(&self.tail);
+        Bytes::from(body)
+    }
+}
+
+/// The v1 `messages:send` body without `message.token`.
+fn message_body(msg: &Notice) -> Result<Value, String> {
     let ttl = msg.ttl_remaining(Utc::now()).min(MAX_TTL);
     let expiration = if ttl.is_zero() {
         0
@@ -373,7 +469,6 @@ fn message_body(msg: &PushMessage) -> Result<Value, String> {
     }
     Ok(json!({
         "message": {
-            "token": msg.token,
             "notification": {"title": msg.title, "body": msg.body},
             "data": msg.data,
             "android": {
@@ -400,6 +495,12 @@ enum Answer {
     Done(SendOutcome),
     /// 401: the access token was refused; refresh it and send again, once.
     Unauthenticated(String),
+}
+
+#[derive(Deserialize)]
+struct SentBody {
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -436,9 +537,9 @@ struct FieldViolation {
 /// reference for FCM v1.
 fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Answer {
     if status.is_success() {
-        let id = serde_json::from_str::<Value>(body)
+        let id = serde_json::from_str::<SentBody>(body)
             .ok()
-            .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_owned));
+            .and_then(|sent| sent.name);
         return Answer::Done(SendOutcome::Sent { id });
     }
     let envelope: ErrorEnvelope = serde_json::from_str(body).unwrap_or_default();
@@ -487,12 +588,19 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::PushMessage;
+
+    /// The body a send of `msg` puts on the wire.
+    fn wire_body(msg: &PushMessage) -> Value {
+        let template = MessageTemplate::new(&msg.notice).unwrap();
+        serde_json::from_slice(&template.body_for(&msg.token)).unwrap()
+    }
 
     #[test]
     fn message_body_follows_v1_shape() {
         let msg = PushMessage::update_available("tok", "WH-1000XM5", "2.2.0", false, "T", "B")
             .with_ttl(Duration::from_secs(3600));
-        let body = message_body(&msg).unwrap();
+        let body = wire_body(&msg);
         let m = &body["message"];
         assert_eq!(m["token"], "tok");
         assert_eq!(m["notification"], json!({"title": "T", "body": "B"}));
@@ -518,8 +626,16 @@ mod tests {
     fn ttl_is_capped_at_28_days() {
         let msg = PushMessage::update_available("tok", "P", "1.0.0", true, "T", "B")
             .with_ttl(Duration::from_secs(90 * 24 * 3600));
-        let body = message_body(&msg).unwrap();
+        let body = wire_body(&msg);
         assert_eq!(body["message"]["android"]["ttl"], "2419200s");
         assert_eq!(body["message"]["android"]["priority"], "HIGH");
+    }
+
+    #[test]
+    fn the_token_is_spliced_in_as_a_json_string() {
+        let msg = PushMessage::update_available(r#"a"b\c"#, "P", "1.0.0", false, "T", "B");
+        let body = wire_body(&msg);
+        assert_eq!(body["message"]["token"], r#"a"b\c"#);
+        assert_eq!(body["message"]["notification"]["title"], "T");
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod apns;
 pub mod fcm;
+mod h2;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +41,10 @@ pub use fcm::FcmProvider;
 /// How long a notice stays deliverable when the caller does not say.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
 
+/// HTTP/2 connections per provider when the config does not say: two,
+/// so sends are not all framed and encrypted by one task.
+pub const DEFAULT_CONNECTIONS: usize = 2;
+
 /// Longest collapse id APNs accepts (bytes).
 pub const MAX_COLLAPSE_ID_BYTES: usize = 64;
 
@@ -53,11 +58,11 @@ pub enum Priority {
     High,
 }
 
-/// One notification to one device token.
+/// What a notification says: the same for every device a fan-out batch
+/// reaches in one locale, so providers turn it into wire form once
+/// ([`Provider::prepare`]) and then only add each token.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PushMessage {
-    /// The provider's device token (APNs: hex; FCM: registration token).
-    pub token: String,
+pub struct Notice {
     /// Localized title and body, as shown to the user.
     pub title: String,
     pub body: String,
@@ -73,13 +78,12 @@ pub struct PushMessage {
     pub priority: Priority,
 }
 
-impl PushMessage {
+impl Notice {
     /// An "update available" notice for `product` `version`: data carries
     /// `product`, `version` and `critical` ("true"/"false"), the collapse id
     /// is the product's, priority is high only for critical updates, and the
     /// notice expires after [`DEFAULT_TTL`].
     pub fn update_available(
-        token: impl Into<String>,
         product: &str,
         version: &str,
         critical: bool,
@@ -91,8 +95,7 @@ impl PushMessage {
             ("version".to_owned(), version.to_owned()),
             ("critical".to_owned(), critical.to_string()),
         ]);
-        PushMessage {
-            token: token.into(),
+        Notice {
             title: title.into(),
             body: body.into(),
             data,
@@ -120,6 +123,58 @@ impl PushMessage {
     /// Time left until `expires_at`, zero once past it.
     pub fn ttl_remaining(&self, now: DateTime<Utc>) -> Duration {
         (self.expires_at - now).to_std().unwrap_or(Duration::ZERO)
+    }
+}
+
+/// One notification to one device token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushMessage {
+    /// The provider's device token (APNs: hex; FCM: registration token).
+    pub token: String,
+    pub notice: Notice,
+}
+
+impl PushMessage {
+    /// [`Notice::update_available`] for one token.
+    pub fn update_available(
+        token: impl Into<String>,
+        product: &str,
+        version: &str,
+        critical: bool,
+        title: impl Into<String>,
+        body: impl Into<String>,
+    ) -> Self {
+        PushMessage {
+            token: token.into(),
+            notice: Notice::update_available(product, version, critical, title, body),
+        }
+    }
+
+    /// Expire `ttl` from now.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.notice = self.notice.with_ttl(ttl);
+        self
+    }
+}
+
+/// A [`Notice`] in one provider's wire form (payload, headers), made by that
+/// provider's [`Provider::prepare`] and only meaningful to it.
+pub struct Prepared(Box<dyn std::any::Any + Send + Sync>);
+
+impl Prepared {
+    pub fn new<T: std::any::Any + Send + Sync>(inner: T) -> Self {
+        Prepared(Box::new(inner))
+    }
+
+    /// The provider's own form; `None` when another provider prepared it.
+    pub fn get<T: std::any::Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prepared(..)")
     }
 }
 
@@ -185,15 +240,27 @@ impl SendOutcome {
 }
 
 /// A push provider. Implementations are cheap to share: one instance per
-/// process, `send` called concurrently from many tasks.
+/// process, sends called concurrently from many tasks.
 #[async_trait]
 pub trait Provider: Send + Sync {
     /// `"apns"` or `"fcm"`, as in subscriptions.
     fn name(&self) -> &'static str;
 
-    /// Send one message. Never panics, never returns an error: every failure
-    /// is classified into a [`SendOutcome`].
-    async fn send(&self, msg: &PushMessage) -> SendOutcome;
+    /// `notice` in this provider's wire form, built once for every token it
+    /// goes to. An error is a payload problem every send would hit.
+    fn prepare(&self, notice: &Notice) -> Result<Prepared, String>;
+
+    /// Send a prepared notice to one device token. Never panics, never
+    /// returns an error: every failure is classified into a [`SendOutcome`].
+    async fn send_prepared(&self, prepared: &Prepared, token: &str) -> SendOutcome;
+
+    /// Prepare and send one message.
+    async fn send(&self, msg: &PushMessage) -> SendOutcome {
+        match self.prepare(&msg.notice) {
+            Ok(prepared) => self.send_prepared(&prepared, &msg.token).await,
+            Err(reason) => SendOutcome::Fatal { reason },
+        }
+    }
 }
 
 /// `[push.apns]`.
@@ -211,6 +278,8 @@ pub struct ApnsSettings {
     pub topic: String,
     /// An extra trusted root certificate (PEM); empty = none.
     pub ca_file: PathBuf,
+    /// HTTP/2 connections kept open to APNs (each carries many streams).
+    pub connections: usize,
 }
 
 impl Default for ApnsSettings {
@@ -223,6 +292,7 @@ impl Default for ApnsSettings {
             team_id: String::new(),
             topic: String::new(),
             ca_file: PathBuf::new(),
+            connections: DEFAULT_CONNECTIONS,
         }
     }
 }
@@ -236,6 +306,10 @@ pub struct FcmSettings {
     pub base_url: String,
     /// The service-account JSON; its `token_uri` is where OAuth tokens come from.
     pub service_account_file: PathBuf,
+    /// An extra trusted root certificate (PEM); empty = none.
+    pub ca_file: PathBuf,
+    /// HTTP/2 connections kept open to FCM (each carries many streams).
+    pub connections: usize,
 }
 
 impl Default for FcmSettings {
@@ -244,6 +318,8 @@ impl Default for FcmSettings {
             enabled: false,
             base_url: "https://fcm.googleapis.com".to_owned(),
             service_account_file: PathBuf::from("secrets/fcm.json"),
+            ca_file: PathBuf::new(),
+            connections: DEFAULT_CONNECTIONS,
         }
     }
 }
@@ -305,18 +381,38 @@ pub struct Delivery {
     pub attempts: u32,
 }
 
-/// Send `msg`, retrying [`SendOutcome::Retry`] answers per `policy`.
-/// Returns the first non-retry outcome, or the last `Retry` once attempts
-/// run out or the provider asks for a longer pause than `policy.max_delay`
-/// (the caller requeues then).
+/// Send `msg`, retrying [`SendOutcome::Retry`] answers per `policy` (see
+/// [`send_prepared_with_retry`]).
 pub async fn send_with_retry<P>(provider: &P, msg: &PushMessage, policy: &RetryPolicy) -> Delivery
+where
+    P: Provider + ?Sized,
+{
+    match provider.prepare(&msg.notice) {
+        Ok(prepared) => send_prepared_with_retry(provider, &prepared, &msg.token, policy).await,
+        Err(reason) => Delivery {
+            outcome: SendOutcome::Fatal { reason },
+            attempts: 0,
+        },
+    }
+}
+
+/// Send `prepared` to `token`, retrying [`SendOutcome::Retry`] answers per
+/// `policy`. Returns the first non-retry outcome, or the last `Retry` once
+/// attempts run out or the provider asks for a longer pause than
+/// `policy.max_delay` (the caller requeues then).
+pub async fn send_prepared_with_retry<P>(
+    provider: &P,
+    prepared: &Prepared,
+    token: &str,
+    policy: &RetryPolicy,
+) -> Delivery
 where
     P: Provider + ?Sized,
 {
     let max_attempts = policy.max_attempts.max(1);
     let mut attempts = 0;
     loop {
-        let outcome = provider.send(msg).await;
+        let outcome = provider.send_prepared(prepared, token).await;
         attempts += 1;
         let SendOutcome::Retry { after, .. } = &outcome else {
             return Delivery { outcome, attempts };
@@ -383,6 +479,19 @@ pub(crate) fn pem_to_der(pem: &str, label: &str) -> anyhow::Result<Vec<u8>> {
         .map_err(|e| anyhow::anyhow!("bad base64 in the `{label}` block: {e}"))
 }
 
+/// The contents of `ca_file`, or `None` when it is not set.
+pub(crate) fn read_ca_file(
+    ca_file: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    if ca_file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    std::fs::read(ca_file)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("reading {what} ca_file {}: {e}", ca_file.display()))
+}
+
 /// Seconds since the UNIX epoch, for JWT `iat`/`exp`.
 pub(crate) fn unix_now() -> u64 {
     Utc::now().timestamp().max(0) as u64
@@ -426,7 +535,10 @@ mod tests {
         fn name(&self) -> &'static str {
             "scripted"
         }
-        async fn send(&self, _msg: &PushMessage) -> SendOutcome {
+        fn prepare(&self, _notice: &Notice) -> Result<Prepared, String> {
+            Ok(Prepared::new(()))
+        }
+        async fn send_prepared(&self, _prepared: &Prepared, _token: &str) -> SendOutcome {
             self.sends.lock().unwrap().push(tokio::time::Instant::now());
             self.outcomes
                 .lock()
@@ -558,6 +670,8 @@ mod tests {
     #[test]
     fn update_notice_carries_product_version_critical() {
         let m = PushMessage::update_available("t", "P1", "1.2.3", true, "T", "B");
+        assert_eq!(m.token, "t");
+        let m = m.notice;
         assert_eq!(m.data["product"], "P1");
         assert_eq!(m.data["version"], "1.2.3");
         assert_eq!(m.data["critical"], "true");

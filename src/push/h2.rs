@@ -1,0 +1,360 @@
+//! A small HTTP/2 client for one provider origin: a few long-lived
+//! connections (TLS with ALPN `h2` for `https`, prior-knowledge h2c for
+//! `http` fakes), many concurrent streams on each, requests spread round
+//! robin, a dead connection replaced by the next send that needs it.
+//!
+//! Why not reqwest (or hyper's client): per request reqwest parses the URL,
+//! clones header maps and goes through its pool, and hyper spawns a task
+//! to stream each request body, whose wake-up makes the connection write
+//! every request on its own (~1 `writev` per notification). A fan-out sends
+//! millions of nearly identical requests, so the senders build them from
+//! prepared parts and queue headers and body on the `h2` stream at once;
+//! the connection task then writes many requests per syscall.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use bytes::Bytes;
+use h2::client::SendRequest;
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::{HeaderMap, Request, StatusCode, Uri};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Longest response body read (provider answers are a few hundred bytes).
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
+/// A PING this often; a connection whose PONG is this late is dropped.
+const KEEP_ALIVE: Duration = Duration::from_secs(60);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One connection's request handle, and whether its task has ended.
+#[derive(Clone)]
+struct Conn {
+    sender: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// A provider's answer.
+pub(crate) struct Answered {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Why a request got no answer. Both are transient for a push send.
+#[derive(Debug)]
+pub(crate) enum H2Error {
+    /// No connection could be made (DNS, TCP, TLS, ALPN).
+    Connect(String),
+    /// The request was sent (or may have been) and no full answer came back.
+    Request(String),
+}
+
+impl std::fmt::Display for H2Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            H2Error::Connect(e) => write!(f, "cannot connect: {e}"),
+            H2Error::Request(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+pub(crate) struct H2Settings<'a> {
+    pub base_url: &'a str,
+    /// PEM certificates trusted besides the web PKI roots.
+    pub extra_roots_pem: Option<&'a [u8]>,
+    pub connections: usize,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+struct Slot {
+    conn: Mutex<Option<Conn>>,
+    /// Held while (re)connecting, so a burst of sends opens one connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+pub(crate) struct H2Client {
+    scheme: Scheme,
+    authority: Authority,
+    /// The base URL's path without its trailing slash (usually empty).
+    base_path: String,
+    host: String,
+    port: u16,
+    tls: Option<TlsConnector>,
+    slots: Box<[Slot]>,
+    next: AtomicUsize,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    connects: AtomicUsize,
+}
+
+impl H2Client {
+    pub fn new(settings: &H2Settings<'_>) -> anyhow::Result<Self> {
+        let uri: Uri = settings
+            .base_url
+            .parse()
+            .with_context(|| format!("base_url {:?} is not a URL", settings.base_url))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| anyhow!("base_url {:?} has no scheme", settings.base_url))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| anyhow!("base_url {:?} has no host", settings.base_url))?;
+        let tls = if scheme == Scheme::HTTPS {
+            Some(tls_connector(settings.extra_roots_pem)?)
+        } else if scheme == Scheme::HTTP {
+            None
+        } else {
+            bail!("base_url {:?}: only https and http", settings.base_url);
+        };
+        let port = authority
+            .port_u16()
+            .unwrap_or(if tls.is_some() { 443 } else { 80 });
+        let host = authority.host().trim_matches(['[', ']']).to_owned();
+        let slots = (0..settings.connections.max(1))
+            .map(|_| Slot {
+                conn: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            })
+            .collect();
+        Ok(H2Client {
+            scheme,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            host,
+            port,
+            tls,
+            slots,
+            next: AtomicUsize::new(0),
+            connect_timeout: settings.connect_timeout,
+            request_timeout: settings.request_timeout,
+            connects: AtomicUsize::new(0),
+        })
+    }
+
+    /// `scheme://authority{base path}{path}`.
+    pub fn uri(&self, path: &str) -> Result<Uri, String> {
+        let mut full = String::with_capacity(self.base_path.len() + path.len());
+        full.push_str(&self.base_path);
+        full.push_str(path);
+        let path = PathAndQuery::from_maybe_shared(Bytes::from(full))
+            .map_err(|e| format!("not a valid request path: {e}"))?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| format!("not a valid request URI: {e}"))
+    }
+
+    /// Connections opened so far (tests: reuse, reconnection).
+    #[allow(dead_code)]
+    pub fn connects(&self) -> usize {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    /// Sends `request` (whose URI comes from [`H2Client::uri`]) with `body`
+    /// and reads the whole answer, within the request timeout. A request
+    /// refused by a connection that was closing is sent again on a fresh
+    /// one (it never reached the provider).
+    pub async fn send(&self, request: Request<()>, body: Bytes) -> Result<Answered, H2Error> {
+        match tokio::time::timeout(self.request_timeout, self.exchange(request, body)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(H2Error::Request(format!(
+                "no answer within {} s",
+                self.request_timeout.as_secs()
+            ))),
+        }
+    }
+
+    async fn exchange(&self, request: Request<()>, body: Bytes) -> Result<Answered, H2Error> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut conn = self.conn(index).await?;
+        let mut sender = match conn.sender.clone().ready().await {
+            Ok(sender) => sender,
+            Err(_) => {
+                // Closed or going away before this request was sent: the
+                // provider never saw it, so a fresh connection gets it.
+                self.forget(index, &conn);
+                conn = self.conn(index).await?;
+                conn.sender
+                    .clone()
+                    .ready()
+                    .await
+                    .map_err(|e| H2Error::Request(e.to_string()))?
+            }
+        };
+        let (response, mut stream) = sender
+            .send_request(request, false)
+            .map_err(|e| H2Error::Request(e.to_string()))?;
+        stream
+            .send_data(body, true)
+            .map_err(|e| H2Error::Request(e.to_string()))?;
+        let response = response
+            .await
+            .map_err(|e| H2Error::Request(e.to_string()))?;
+        let (parts, mut body) = response.into_parts();
+        let mut read = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|e| H2Error::Request(format!("response cut off: {e}")))?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if read.len() + chunk.len() > MAX_RESPONSE_BODY {
+                return Err(H2Error::Request(format!(
+                    "response body over {MAX_RESPONSE_BODY} bytes"
+                )));
+            }
+            read.extend_from_slice(&chunk);
+        }
+        Ok(Answered {
+            status: parts.status,
+            headers: parts.headers,
+            body: Bytes::from(read),
+        })
+    }
+
+    /// The slot's live connection, opened when it has none.
+    async fn conn(&self, index: usize) -> Result<Conn, H2Error> {
+        let slot = &self.slots[index];
+        if let Some(live) = self.live(slot) {
+            return Ok(live);
+        }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(live) = self.live(slot) {
+            return Ok(live); // another send connected while we waited
+        }
+        let conn = tokio::time::timeout(self.connect_timeout, self.connect())
+            .await
+            .map_err(|_| {
+                H2Error::Connect(format!(
+                    "{}:{} did not answer within {} s",
+                    self.host,
+                    self.port,
+                    self.connect_timeout.as_secs()
+                ))
+            })?
+            .map_err(|e| H2Error::Connect(format!("{e:#}")))?;
+        *slot.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn live(&self, slot: &Slot) -> Option<Conn> {
+        let guard = slot.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+
+    /// Drops the slot's connection if it is still `dead`.
+    fn forget(&self, index: usize, dead: &Conn) {
+        let mut guard = self.slots[index]
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if guard
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.closed, &dead.closed))
+        {
+            *guard = None;
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<Conn> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .with_context(|| format!("TCP to {}:{}", self.host, self.port))?;
+        tcp.set_nodelay(true)?;
+        let conn = match &self.tls {
+            Some(tls) => {
+                let name = ServerName::try_from(self.host.clone())
+                    .with_context(|| format!("{:?} is not a TLS server name", self.host))?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .with_context(|| format!("TLS with {}", self.host))?;
+                if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    bail!("{} does not speak HTTP/2 (ALPN h2)", self.host);
+                }
+                self.handshake(stream).await?
+            }
+            None => self.handshake(tcp).await?,
+        };
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        Ok(conn)
+    }
+
+    /// HTTP/2 over `io`; the connection runs in its own task, which PINGs
+    /// it every [`KEEP_ALIVE`] and drops it when a PONG is late.
+    async fn handshake<T>(&self, io: T) -> anyhow::Result<Conn>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake::<_, Bytes>(io)
+            .await
+            .with_context(|| format!("HTTP/2 handshake with {}", self.host))?;
+        let mut ping = connection.ping_pong().expect("taken once, here");
+        let closed = Arc::new(AtomicBool::new(false));
+        let (host, done) = (self.host.clone(), closed.clone());
+        tokio::spawn(async move {
+            let keep_alive = async {
+                loop {
+                    tokio::time::sleep(KEEP_ALIVE).await;
+                    match tokio::time::timeout(PING_TIMEOUT, ping.ping(h2::Ping::opaque())).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return format!("PING failed: {e}"),
+                        Err(_) => return format!("no PONG within {} s", PING_TIMEOUT.as_secs()),
+                    }
+                }
+            };
+            let why = tokio::select! {
+                ended = &mut connection => match ended {
+                    Ok(()) => "closed".to_owned(),
+                    Err(e) => e.to_string(),
+                },
+                why = keep_alive => why,
+            };
+            done.store(true, Ordering::Release);
+            tracing::debug!(host = %host, why = %why, "provider connection ended");
+        });
+        Ok(Conn { sender, closed })
+    }
+}
+
+fn tls_connector(extra_roots_pem: Option<&[u8]>) -> anyhow::Result<TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = extra_roots_pem {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.context("ca_file is not PEM certificates")?;
+            roots
+                .add(cert)
+                .context("ca_file holds a certificate that cannot be a trust root")?;
+            added += 1;
+        }
+        if added == 0 {
+            bail!("ca_file holds no PEM certificate");
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
