@@ -10,7 +10,8 @@
 # core, the fakes on the other.
 #   bench/fanout.sh [--smoke] [--rounds N] [--no-build]
 # Env: BENCH_FANOUT_TOKENS (default 1000000), BENCH_FANOUT_SMALL (100000),
-# BENCH_FANOUT_WORKERS / BENCH_FANOUT_IN_FLIGHT ([push] workers / in_flight).
+# BENCH_FANOUT_WORKERS / BENCH_FANOUT_IN_FLIGHT ([push] workers / in_flight),
+# BENCH_FANOUT_CONNECTIONS ([push.apns|fcm] connections).
 source "$(dirname "$0")/lib.sh" "$@"
 
 need_common
@@ -27,10 +28,11 @@ fi
     || die "token counts must be even and SMALL <= BIG"
 WORKERS="${BENCH_FANOUT_WORKERS:-4}"
 IN_FLIGHT="${BENCH_FANOUT_IN_FLIGHT:-512}"
-# What firmcast can have in flight to APNs: one HTTP/2 connection (reqwest
-# keeps one per host), at most in_flight streams, and each worker sends at
-# most 256 of its batch at once. h2load gets the same.
-STREAMS=$((IN_FLIGHT < WORKERS * 256 ? IN_FLIGHT : WORKERS * 256))
+# What firmcast can have in flight to APNs: `[push.apns] connections` HTTP/2
+# connections (2 by default) carrying at most in_flight streams in all.
+# h2load gets the same: CONNS connections, STREAMS streams on each.
+CONNS="${BENCH_FANOUT_CONNECTIONS:-2}"
+STREAMS=$(((IN_FLIGHT + CONNS - 1) / CONNS))
 # Run copies: target/ is shared, and a concurrent `cargo build` must not
 # swap a binary between the rounds of one run.
 mkdir -p "$WORK/bin"
@@ -82,7 +84,8 @@ fakes_start() { # sets FAKES_PID; the [push.apns]/[push.fcm] block in $WORK/fake
         --apns-port "$APNS_PORT" --fcm-port "$FCM_PORT" --dir "$WORK/fakes"
     FAKES_PID=$PID
     wait_for_line "$FAKES_PID" "$WORK/fakes.$RUN.log" '^service_account_file = ' 120 >/dev/null
-    sed -n '/^\[push.apns\]/,$p' "$WORK/fakes.$RUN.log" >"$WORK/fakes.toml"
+    sed -n '/^\[push.apns\]/,$p' "$WORK/fakes.$RUN.log" \
+        | sed "s/^enabled = true\$/enabled = true\nconnections = $CONNS/" >"$WORK/fakes.toml"
 }
 
 # --- seed: one release per product, then the subscriptions ----------------------
@@ -136,7 +139,7 @@ h2load_run() {
     topic="$(sed -n 's/^topic = "\(.*\)"$/\1/p' "$WORK/fakes.toml")"
     jwt="$("$LOAD" jwt --key "$WORK/fakes/apns.p8" --key-id "$key_id" --team-id "$team_id")"
     fk_t0="$(cpu_ticks "$FAKES_PID")" t0="$(date +%s.%N)"
-    taskset -c "$SERVER_CPU" h2load -n "$H2N" -c 1 -m "$STREAMS" -t 1 -i "$WORK/h2load.uris" \
+    taskset -c "$SERVER_CPU" h2load -n "$H2N" -c "$CONNS" -m "$STREAMS" -t 1 -i "$WORK/h2load.uris" \
         -d "$WORK/apns.json" \
         -H "authorization: bearer $jwt" \
         -H "apns-topic: $topic" \
@@ -163,7 +166,7 @@ h2load_run() {
     stop "$FAKES_PID"
 }
 
-log "$ROUNDS round(s): $SMALL_NAME, $BIG_NAME, h2load -c1 -m$STREAMS (push.workers = $WORKERS, push.in_flight = $IN_FLIGHT)"
+log "$ROUNDS round(s): $SMALL_NAME, $BIG_NAME, h2load -c$CONNS -m$STREAMS (push.workers = $WORKERS, push.in_flight = $IN_FLIGHT, connections = $CONNS)"
 for round in $(seq "$ROUNDS"); do
     log "round $round"
     fanout_run "$SMALL_NAME" "$SMALL_P" "$SMALL"
@@ -177,7 +180,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 echo
-echo "fan-out: $BIG subscriptions (half APNs, half FCM) vs $SMALL; push.workers = $WORKERS, push.in_flight = $IN_FLIGHT; h2load -c1 -m$STREAMS -n$H2N to the APNs fake; firmcast/h2load on cpu $SERVER_CPU, fakes on cpu $LOAD_CPU; median of $ROUNDS, $PROFILE build of $REV"
+echo "fan-out: $BIG subscriptions (half APNs, half FCM) vs $SMALL; push.workers = $WORKERS, push.in_flight = $IN_FLIGHT, connections = $CONNS; h2load -c$CONNS -m$STREAMS -n$H2N to the APNs fake; firmcast/h2load on cpu $SERVER_CPU, fakes on cpu $LOAD_CPU; median of $ROUNDS, $PROFILE build of $REV"
 echo "(rps = notifications/s, firmcast's from the notify call to the job's end, planning included; MB = peak RSS; cpu_us = CPU time per notification)"
 report --show "$H2_NAME" \
     --show "$H2_NAME: fake CPU us/req" \
