@@ -161,8 +161,8 @@ impl H2Client {
     }
 
     /// Connections opened so far (tests: reuse, reconnection).
-    #[allow(dead_code)]
-    pub fn connects(&self) -> usize {
+    #[cfg(test)]
+    fn connects(&self) -> usize {
         self.connects.load(Ordering::Relaxed)
     }
 
@@ -357,4 +357,87 @@ fn tls_connector(extra_roots_pem: Option<&[u8]>) -> anyhow::Result<TlsConnector>
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::net::TcpListener;
+
+    /// An h2c server answering 200 with the request path, until aborted
+    /// (its connections go with it).
+    async fn serve(listener: TcpListener) {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            conns.spawn(async move {
+                let service =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let path = req.uri().path().to_owned();
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(Bytes::from(path)),
+                        ))
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    }
+
+    fn client(addr: std::net::SocketAddr, connections: usize) -> H2Client {
+        H2Client::new(&H2Settings {
+            base_url: &format!("http://{addr}/base/"),
+            extra_roots_pem: None,
+            connections,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    async fn get(client: &H2Client, path: &str) -> Result<Answered, H2Error> {
+        let mut request = Request::new(());
+        *request.uri_mut() = client.uri(path).unwrap();
+        client.send(request, Bytes::from_static(b"x")).await
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_replaced_when_the_server_drops_them() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener));
+        let client = client(addr, 2);
+        for i in 0..10 {
+            let answer = get(&client, &format!("/{i}")).await.unwrap();
+            assert_eq!(answer.status, StatusCode::OK);
+            assert_eq!(answer.body, format!("/base/{i}"));
+        }
+        assert_eq!(client.connects(), 2, "10 requests on the 2 connections");
+
+        server.abort();
+        let _ = server.await;
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let _server = tokio::spawn(serve(listener));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for i in 0..4 {
+            assert_eq!(
+                get(&client, &format!("/{i}")).await.unwrap().status,
+                StatusCode::OK
+            );
+        }
+        assert_eq!(client.connects(), 4, "both dead connections replaced once");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_provider_is_a_connect_error() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = get(&client(addr, 1), "/").await.err().unwrap();
+        assert!(matches!(err, H2Error::Connect(_)), "{err}");
+    }
 }
