@@ -26,13 +26,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use hyper::{Method, Request, StatusCode};
+use hyper::StatusCode;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::h2::{H2Client, H2Error, H2Settings};
+use super::h2::{H2Client, H2Settings};
 use super::{
     compact_jws, excerpt, parse_retry_after, pem_to_der, read_ca_file, unix_now, ApnsSettings,
     Notice, Prepared, Priority, Provider, SendOutcome,
@@ -235,26 +235,15 @@ impl ApnsProvider {
             Ok(uri) => uri,
             Err(e) => return Answer::Done(fatal(format!("APNs request: {e}"))),
         };
-        let mut http = Request::new(());
-        *http.method_mut() = Method::POST;
-        *http.uri_mut() = uri;
-        let headers = http.headers_mut();
-        headers.clone_from(&request.headers);
+        let mut headers = request.headers.clone();
         headers.insert(AUTHORIZATION, token.authorization.clone());
-        match self.client.send(http, request.payload.clone()).await {
-            Ok(answer) => classify(
-                answer.status,
-                &answer.headers,
-                &String::from_utf8_lossy(&answer.body),
-            ),
-            Err(e @ H2Error::Connect(_)) => Answer::Done(SendOutcome::Retry {
-                after: None,
-                reason: format!("APNs unreachable: {e}"),
-            }),
-            Err(e) => Answer::Done(SendOutcome::Retry {
-                after: None,
-                reason: format!("APNs: {e}"),
-            }),
+        match self
+            .client
+            .post(uri, headers, request.payload.clone())
+            .await
+        {
+            Ok(answer) => classify(answer.status, &answer.headers, &answer.text()),
+            Err(e) => Answer::Done(e.into_retry("APNs")),
         }
     }
 }

@@ -20,13 +20,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use hyper::{Method, Request, StatusCode, Uri};
+use hyper::{StatusCode, Uri};
 use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::h2::{H2Client, H2Error, H2Settings};
+use super::h2::{H2Client, H2Settings};
 use super::{
     compact_jws, excerpt, parse_retry_after, pem_to_der, read_ca_file, unix_now, FcmSettings,
     Notice, Prepared, Priority, Provider, SendOutcome,
@@ -340,26 +340,12 @@ impl FcmProvider {
     }
 
     async fn post(&self, body: Bytes, token: &AccessToken) -> Answer {
-        let mut http = Request::new(());
-        *http.method_mut() = Method::POST;
-        *http.uri_mut() = self.send_uri.clone();
-        let headers = http.headers_mut();
+        let mut headers = HeaderMap::with_capacity(2);
         headers.insert(AUTHORIZATION, token.authorization.clone());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        match self.sender.send(http, body).await {
-            Ok(answer) => classify(
-                answer.status,
-                &answer.headers,
-                &String::from_utf8_lossy(&answer.body),
-            ),
-            Err(e @ H2Error::Connect(_)) => Answer::Done(SendOutcome::Retry {
-                after: None,
-                reason: format!("FCM unreachable: {e}"),
-            }),
-            Err(e) => Answer::Done(SendOutcome::Retry {
-                after: None,
-                reason: format!("FCM: {e}"),
-            }),
+        match self.sender.post(self.send_uri.clone(), headers, body).await {
+            Ok(answer) => classify(answer.status, &answer.headers, &answer.text()),
+            Err(e) => Answer::Done(e.into_retry("FCM")),
         }
     }
 }

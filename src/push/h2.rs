@@ -51,6 +51,13 @@ pub(crate) struct Answered {
     pub body: Bytes,
 }
 
+impl Answered {
+    /// The body as text (provider error bodies are JSON).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.body)
+    }
+}
+
 /// Why a request got no answer. Both are transient for a push send.
 #[derive(Debug)]
 pub(crate) enum H2Error {
@@ -58,6 +65,20 @@ pub(crate) enum H2Error {
     Connect(String),
     /// The request was sent (or may have been) and no full answer came back.
     Request(String),
+}
+
+impl H2Error {
+    /// What a push send that got no answer comes to: try again later.
+    pub fn into_retry(self, provider: &str) -> super::SendOutcome {
+        let reason = match self {
+            H2Error::Connect(_) => format!("{provider} unreachable: {self}"),
+            H2Error::Request(_) => format!("{provider}: {self}"),
+        };
+        super::SendOutcome::Retry {
+            after: None,
+            reason,
+        }
+    }
 }
 
 impl std::fmt::Display for H2Error {
@@ -166,11 +187,25 @@ impl H2Client {
         self.connects.load(Ordering::Relaxed)
     }
 
+    /// `POST uri` (from [`H2Client::uri`]) with `headers` and `body`.
+    pub async fn post(
+        &self,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Answered, H2Error> {
+        let mut request = Request::new(());
+        *request.method_mut() = hyper::Method::POST;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        self.send(request, body).await
+    }
+
     /// Sends `request` (whose URI comes from [`H2Client::uri`]) with `body`
     /// and reads the whole answer, within the request timeout. A request
     /// refused by a connection that was closing is sent again on a fresh
     /// one (it never reached the provider).
-    pub async fn send(&self, request: Request<()>, body: Bytes) -> Result<Answered, H2Error> {
+    async fn send(&self, request: Request<()>, body: Bytes) -> Result<Answered, H2Error> {
         match tokio::time::timeout(self.request_timeout, self.exchange(request, body)).await {
             Ok(answer) => answer,
             Err(_) => Err(H2Error::Request(format!(
