@@ -201,6 +201,47 @@ impl PushStore for EmbeddedPushStore {
         .await
     }
 
+    /// One read transaction over the index, keeping every `size`th key:
+    /// paging through `subscriber_page` copied every member key of a job
+    /// (1M strings, ~1 s) just to learn the batch boundaries.
+    async fn batch_ranges(
+        &self,
+        product: &str,
+        size: usize,
+    ) -> Result<(Vec<(String, String)>, u64), StateError> {
+        let product = product.to_owned();
+        let size = size.max(1) as u64;
+        self.run(move |db| {
+            let txn = db.begin_read().db()?;
+            let index = txn.open_table(INDEX).db()?;
+            let mut ranges = Vec::new();
+            let mut total = 0u64;
+            let (mut first, mut last) = (String::new(), String::new());
+            for entry in index.range((product.as_str(), "")..).db()? {
+                let (key, _) = entry.db()?;
+                let (p, member) = key.value();
+                if p != product {
+                    break;
+                }
+                if total.is_multiple_of(size) {
+                    first = member.to_owned();
+                }
+                total += 1;
+                if total.is_multiple_of(size) {
+                    ranges.push((std::mem::take(&mut first), member.to_owned()));
+                } else {
+                    last.clear();
+                    last.push_str(member);
+                }
+            }
+            if !total.is_multiple_of(size) {
+                ranges.push((first, last));
+            }
+            Ok((ranges, total))
+        })
+        .await
+    }
+
     async fn subscribers_in(
         &self,
         product: &str,

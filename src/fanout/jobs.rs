@@ -26,24 +26,7 @@ pub async fn start(
     dry_run: bool,
     actor: &str,
 ) -> Result<Job, StateError> {
-    let mut ranges = Vec::new();
-    let mut total = 0u64;
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .subscriber_page(product, after.as_deref(), BATCH_SIZE)
-            .await?;
-        let (Some(first), Some(last)) = (page.first(), page.last()) else {
-            break;
-        };
-        total += page.len() as u64;
-        ranges.push((first.clone(), last.clone()));
-        let full = page.len() == BATCH_SIZE;
-        after = Some(last.clone());
-        if !full {
-            break;
-        }
-    }
+    let (ranges, total) = store.batch_ranges(product, BATCH_SIZE).await?;
     let job = Job {
         id: new_job_id(),
         product: product.to_owned(),

@@ -144,6 +144,33 @@ pub trait PushStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<String>, StateError>;
 
+    /// `product`'s index cut into ranges of `size` members (the last may be
+    /// shorter), as (first, last) member keys, and the member count.
+    async fn batch_ranges(
+        &self,
+        product: &str,
+        size: usize,
+    ) -> Result<(Vec<(String, String)>, u64), StateError> {
+        let mut ranges = Vec::new();
+        let mut total = 0u64;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .subscriber_page(product, after.as_deref(), size)
+                .await?;
+            let (Some(first), Some(last)) = (page.first(), page.last()) else {
+                break;
+            };
+            total += page.len() as u64;
+            ranges.push((first.clone(), last.clone()));
+            after = Some(last.clone());
+            if page.len() < size {
+                break;
+            }
+        }
+        Ok((ranges, total))
+    }
+
     /// The subscriptions of `product` whose member keys lie in `first..=last`.
     async fn subscribers_in(
         &self,

@@ -409,6 +409,20 @@ pub async fn paging_is_ordered_complete_and_disjoint(store: Arc<dyn PushStore>) 
         store.count_subscribers(Q).await.unwrap(),
         (N / 5 + 1 + 40) as u64
     );
+    // Batch boundaries: every `size` members, the last range shorter.
+    for size in [1, 100, 617, N, 5000] {
+        let (ranges, total) = store.batch_ranges(P, size).await.unwrap();
+        assert_eq!(total, N as u64, "size {size}");
+        let want: Vec<(String, String)> = expected
+            .chunks(size)
+            .map(|c| (c[0].clone(), c[c.len() - 1].clone()))
+            .collect();
+        assert_eq!(ranges, want, "size {size}");
+    }
+    assert_eq!(
+        store.batch_ranges("nobody", 100).await.unwrap(),
+        (vec![], 0)
+    );
 }
 
 async fn upsert_all(store: &Arc<dyn PushStore>, subs: &[Subscription]) {
