@@ -185,19 +185,25 @@ impl Application {
                         Ok(_) => api::updates::fast_check(&req, client, &limits_state),
                         Err(_) => None,
                     };
-                    if fast.is_none() {
+                    // So is the batch check, read in the handler below.
+                    let batch = match (&admitted, &fast) {
+                        (Ok(_), None) => api::batch::plain_batch(&req),
+                        _ => None,
+                    };
+                    if fast.is_none() && batch.is_none() {
                         req.extensions_mut().insert(ClientAddr(client));
                     }
                     let state = limits_state.clone();
                     async move {
                         use tower_service::Service;
-                        let resp = match (admitted, fast) {
-                            (Ok(_slot), Some(resp)) => resp,
-                            (Ok(_slot), None) if api::updates::is_plain_batch(&req) => {
-                                api::updates::fast_batch(req, client, state).await
+                        let resp = match (admitted, fast, batch) {
+                            (Ok(_slot), Some(resp), _) => resp,
+                            (Ok(_slot), None, Some(head)) => {
+                                let body = req.into_body();
+                                api::batch::fast_batch(body, head, client, state).await
                             }
-                            (Ok(_slot), None) => service.call(req).await?,
-                            (Err(refused), _) => refused.into_response(),
+                            (Ok(_slot), None, None) => service.call(req).await?,
+                            (Err(refused), ..) => refused.into_response(),
                         };
                         log_request(&method, uri.path(), resp.status(), peer, started);
                         Ok::<_, std::convert::Infallible>(resp)

@@ -3,6 +3,7 @@
 
 mod admin;
 mod artifacts;
+pub mod batch;
 mod docs;
 mod drain;
 mod jobs;

@@ -1,15 +1,11 @@
 //! The update check, the hot path: answered from the catalog snapshot with
 //! pre-serialized offers and freshness statements; nothing is stored.
 
-use super::{
-    client_ip, json_body, json_response, parse_json, respond, with_state, AppState, Shared,
-    MAX_JSON_BODY,
-};
+use super::{client_ip, json_body, json_response, with_state, AppState, Shared, MAX_JSON_BODY};
 use crate::catalog::Snapshot;
 use crate::error::ApiError;
 use bytes::Bytes;
 use serde::Deserialize;
-use std::borrow::Cow;
 use std::net::IpAddr;
 use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderValue, StatusCode};
@@ -17,6 +13,9 @@ use warp::reply::Response;
 use warp::Filter;
 
 pub const MAX_BATCH: usize = 32;
+
+/// The channel of a check that names none.
+pub(super) const DEFAULT_CHANNEL: &str = "stable";
 
 pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
     let single = warp::path!("v1" / "updates" / String / String)
@@ -41,7 +40,7 @@ pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
         .and(json_body(MAX_JSON_BODY))
         .and(client_ip())
         .and(with_state(state.clone()))
-        .map(check_batch);
+        .map(super::batch::check_batch);
     let keys = warp::path!("v1" / "keys")
         .and(warp::get())
         .and(with_state(state.clone()))
@@ -83,13 +82,14 @@ fn keyset_reply(json: Bytes) -> Response {
 }
 
 /// What one check resolved to, before it is written out.
-struct Answer<'a> {
-    offer: Option<&'a Bytes>,
-    seq: u64,
-    freshness: &'a Bytes,
+#[derive(Clone, Copy)]
+pub(super) struct Answer<'a> {
+    pub offer: Option<&'a Bytes>,
+    pub seq: u64,
+    pub freshness: &'a Bytes,
 }
 
-fn resolve<'a>(
+pub(super) fn resolve<'a>(
     snap: &'a Snapshot,
     product: &str,
     version: &str,
@@ -100,8 +100,11 @@ fn resolve<'a>(
         .map_err(|e| ApiError::bad_request("bad_product", e.to_string()))?;
     let installed = firmcast_signing::names::parse_version(version)
         .map_err(|e| ApiError::bad_request("bad_version", e.to_string()))?;
-    firmcast_signing::names::validate_channel(channel)
-        .map_err(|e| ApiError::bad_request("bad_channel", e.to_string()))?;
+    // Most checks name no channel: the default needs no validating.
+    if channel != DEFAULT_CHANNEL {
+        firmcast_signing::names::validate_channel(channel)
+            .map_err(|e| ApiError::bad_request("bad_channel", e.to_string()))?;
+    }
     let p = snap.product(product).ok_or_else(|| {
         ApiError::not_found(
             "unknown_product",
@@ -122,14 +125,13 @@ fn resolve<'a>(
     })
 }
 
-fn write_answer(out: &mut Vec<u8>, a: &Answer<'_>) {
-    out.extend_from_slice(b"\"update\":");
-    match a.offer {
-        Some(o) => out.extend_from_slice(o),
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(b",\"freshness\":");
-    out.extend_from_slice(a.freshness);
+/// `"update":<offer or null>,"freshness":<statement>`, piece by piece to
+/// `put`: counted or written by the same code.
+pub(super) fn put_answer(put: &mut impl FnMut(&[u8]), a: &Answer<'_>) {
+    put(b"\"update\":");
+    put(a.offer.map_or(b"null", |o| o));
+    put(b",\"freshness\":");
+    put(a.freshness);
 }
 
 /// `GET /v1/updates/{product}/{version}` without warp's filter chain, for
@@ -182,43 +184,6 @@ pub fn fast_check<B>(
     ))
 }
 
-/// `POST /v1/updates` whose headers parse as warp would parse them: the
-/// batch check can then be read without warp ([`fast_batch`]). Anything odd
-/// (a non-UTF-8 Content-Type, a malformed Content-Length) takes the warp
-/// route, so both answer alike.
-pub fn is_plain_batch<B>(req: &warp::http::Request<B>) -> bool {
-    let h = req.headers();
-    req.method() == warp::http::Method::POST
-        && req.uri().path() == "/v1/updates"
-        && h.get(header::CONTENT_TYPE)
-            .is_none_or(|v| v.to_str().is_ok())
-        && h.get(header::CONTENT_LENGTH).is_none_or(|v| {
-            v.to_str()
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .is_some()
-        })
-}
-
-/// The batch check for a request [`is_plain_batch`] accepted.
-pub async fn fast_batch<B>(req: warp::http::Request<B>, ip: IpAddr, state: Shared) -> Response
-where
-    B: hyper::body::Body,
-    B::Error: std::fmt::Display,
-{
-    use http_body_util::BodyExt;
-    let h = req.headers();
-    let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let len = h
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    let body = match super::json_headers_ok(ct, len, MAX_JSON_BODY) {
-        Ok(()) => super::read_limited(req.into_body().into_data_stream(), MAX_JSON_BODY).await,
-        Err(e) => Err(e),
-    };
-    check_batch(body, ip, state)
-}
-
 fn check_update(
     product: &str,
     version: &str,
@@ -227,7 +192,7 @@ fn check_update(
     ip: IpAddr,
     state: &AppState,
 ) -> Response {
-    let channel = channel.unwrap_or("stable");
+    let channel = channel.unwrap_or(DEFAULT_CHANNEL);
     let snap = state.catalog.load();
     let answer = match resolve(&snap, product, version, channel, ip) {
         Ok(a) => a,
@@ -248,10 +213,12 @@ fn check_update(
         set_cache_headers(&mut resp, etag);
         return resp;
     }
-    let mut body =
-        Vec::with_capacity(answer.freshness.len() + answer.offer.map_or(4, |o| o.len()) + 32);
+    // Exactly sized: `Bytes` then takes the buffer as it is.
+    let mut len = 2;
+    put_answer(&mut |text: &[u8]| len += text.len(), &answer);
+    let mut body = Vec::with_capacity(len);
     body.push(b'{');
-    write_answer(&mut body, &answer);
+    put_answer(&mut |text: &[u8]| body.extend_from_slice(text), &answer);
     body.push(b'}');
     let mut resp = json_response(StatusCode::OK, body);
     set_cache_headers(&mut resp, etag);
@@ -291,87 +258,6 @@ fn set_cache_headers(resp: &mut Response, etag: HeaderValue) {
 #[derive(Deserialize)]
 struct CheckQuery {
     channel: Option<String>,
-}
-
-/// Borrowed from the body where no escapes force a copy.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchRequest<'a> {
-    #[serde(borrow)]
-    items: Vec<BatchItem<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchItem<'a> {
-    #[serde(borrow)]
-    product: Cow<'a, str>,
-    #[serde(borrow)]
-    version: Cow<'a, str>,
-    #[serde(default, borrow)]
-    channel: Option<Cow<'a, str>>,
-}
-
-fn check_batch(body: Result<Bytes, ApiError>, ip: IpAddr, state: Shared) -> Response {
-    respond(body.and_then(|body| {
-        let req: BatchRequest = parse_json(&body)?;
-        if req.items.is_empty() || req.items.len() > MAX_BATCH {
-            return Err(ApiError::bad_request(
-                "bad_batch",
-                format!(
-                    "{} items; send 1 to {MAX_BATCH} (the app and its paired devices)",
-                    req.items.len()
-                ),
-            ));
-        }
-        let snap = state.catalog.load();
-        // Sized for the usual answer (offer and freshness): no regrowth.
-        let mut out = Vec::with_capacity(64 + 2048 * req.items.len());
-        out.extend_from_slice(b"{\"results\":[");
-        for (i, item) in req.items.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            let channel = item.channel.as_deref().unwrap_or("stable");
-            out.push(b'{');
-            for (k, v) in [("product", &item.product), ("version", &item.version)] {
-                field(&mut out, k, v);
-                out.push(b',');
-            }
-            match resolve(&snap, &item.product, &item.version, channel, ip) {
-                Ok(a) => {
-                    state
-                        .metrics
-                        .check(if a.offer.is_some() { "update" } else { "none" });
-                    field(&mut out, "channel", channel);
-                    out.push(b',');
-                    write_answer(&mut out, &a);
-                }
-                Err(e) => {
-                    state.metrics.check("error");
-                    field(&mut out, "error", e.code);
-                    out.push(b',');
-                    field(&mut out, "message", &e.message);
-                }
-            }
-            out.push(b'}');
-        }
-        out.extend_from_slice(b"]}");
-        let mut resp = json_response(StatusCode::OK, out);
-        resp.headers_mut().insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("private, no-cache"),
-        );
-        Ok(resp)
-    }))
-}
-
-/// `"key":"value"` with the value escaped as JSON, straight into `out`.
-fn field(out: &mut Vec<u8>, key: &str, value: &str) {
-    out.push(b'"');
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\":");
-    serde_json::to_writer(&mut *out, value).expect("strings always serialize");
 }
 
 #[cfg(test)]
