@@ -10,7 +10,7 @@
 //!
 //! The JSON payload and the header values come from the `a2` crate's types,
 //! built once per notice ([`Provider::prepare`]); the HTTP/2 is ours
-//! ([`super::h2`]: hyper over rustls, a few connections).
+//! (`push/h2.rs`: hyper over rustls, a few connections).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};

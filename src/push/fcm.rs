@@ -3,7 +3,7 @@
 //! access token from the service account's `token_uri` (JWT-bearer grant,
 //! RS256 assertion signed by the account's key).
 //!
-//! One [`FcmProvider`] holds a few HTTP/2 connections ([`super::h2`]) and
+//! One [`FcmProvider`] holds a few HTTP/2 connections (`push/h2.rs`) and
 //! one access token, fetched by the first send that needs it (the others
 //! wait for it rather than fetching their own) and reused until shortly
 //! before `expires_in`. A 401 refreshes it once and retries once; a second

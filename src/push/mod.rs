@@ -1,13 +1,14 @@
 //! Push providers: one [`Provider`] trait, two senders that speak the real
 //! wire protocols ([`apns::ApnsProvider`]: HTTP/2 + TLS with an ES256 provider
 //! token; [`fcm::FcmProvider`]: the FCM HTTP v1 API with OAuth2
-//! service-account tokens), and [`send_with_retry`], the backoff loop the
-//! fan-out workers wrap around a send.
+//! service-account tokens), and [`send_prepared_with_retry`], the backoff
+//! loop the fan-out workers wrap around a send.
 //!
 //! A provider is built once and shared (`Arc<dyn Provider>`) by every
-//! concurrent send: it owns one HTTP client (one HTTP/2 connection for APNs)
-//! and one cached auth token, so many sends in flight never re-sign or
-//! re-fetch credentials per request.
+//! concurrent send: it owns a few HTTP/2 connections (`connections`, see
+//! `h2.rs`) and one cached auth token, so many sends in flight never re-sign
+//! or re-fetch credentials per request. A fan-out prepares each notice once
+//! per batch and locale ([`Provider::prepare`]); a send then adds a token.
 //!
 //! What a caller does with a [`SendOutcome`]:
 //! - [`SendOutcome::Sent`]: count it.
@@ -15,7 +16,7 @@
 //!   [`SendOutcome::should_delete_token`] says the app re-registered the
 //!   token after the provider declared it dead (APNs 410 carries that time).
 //! - [`SendOutcome::Retry`]: back off (honouring `after`) and send again;
-//!   [`send_with_retry`] does this for one message.
+//!   [`send_prepared_with_retry`] does this for one token.
 //! - [`SendOutcome::Fatal`]: a payload or credential problem that every
 //!   further send would hit too: stop the job, alert, keep the tokens.
 
