@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
+const X_FORWARDED_FOR: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-forwarded-for");
+
 pub struct Application {
     listener: TcpListener,
     state: Shared,
@@ -170,13 +173,17 @@ impl Application {
                     let started = Instant::now();
                     let mut service = service.clone();
                     // Overload protection before any handler (crate::limits).
-                    let client = api::resolve_client(
-                        peer.ip().to_canonical(),
+                    let trusted = &limits_state.settings.server.trusted_proxies;
+                    // Only a trusted proxy's header counts, and by default
+                    // none is trusted: then the lookup is not worth its cost.
+                    let forwarded = if trusted.is_empty() {
+                        None
+                    } else {
                         req.headers()
-                            .get("x-forwarded-for")
-                            .and_then(|v| v.to_str().ok()),
-                        &limits_state.settings.server.trusted_proxies,
-                    );
+                            .get(X_FORWARDED_FOR)
+                            .and_then(|v| v.to_str().ok())
+                    };
+                    let client = api::resolve_client(peer.ip().to_canonical(), forwarded, trusted);
                     let admitted = limits_state.limits.admit(uri.path(), client);
                     let timeout = limits_state.limits.body_read_timeout();
                     let mut req = req.map(|b| crate::limits::TimeoutBody::new(b, timeout));
