@@ -168,10 +168,7 @@ impl Application {
             let limits_state = state.clone();
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let method = req.method().clone();
-                    let uri = req.uri().clone(); // shares the bytes
-                    let started = Instant::now();
-                    let mut service = service.clone();
+                    use futures_util::future::Either;
                     // Overload protection before any handler (crate::limits).
                     let trusted = &limits_state.settings.server.trusted_proxies;
                     // Only a trusted proxy's header counts, and by default
@@ -184,37 +181,51 @@ impl Application {
                             .and_then(|v| v.to_str().ok())
                     };
                     let client = api::resolve_client(peer.ip().to_canonical(), forwarded, trusted);
-                    let admitted = limits_state.limits.admit(uri.path(), client);
-                    let timeout = limits_state.limits.body_read_timeout();
-                    let mut req = req.map(|b| crate::limits::TimeoutBody::new(b, timeout));
-                    // The update check answers without warp: the hot path.
+                    let admitted = limits_state.limits.admit(req.uri().path(), client);
+                    // The update check answers without warp, and refusals
+                    // need no handler: both are done before this returns,
+                    // so nothing holds the request (whose URI shares hyper's
+                    // read buffer, which hyper then reuses instead of
+                    // allocating a new one).
                     let fast = match &admitted {
                         Ok(_) => api::updates::fast_check(&req, client, &limits_state),
                         Err(_) => None,
                     };
-                    // So is the batch check, read in the handler below.
-                    let batch = match (&admitted, &fast) {
-                        (Ok(_), None) => api::batch::plain_batch(&req),
-                        _ => None,
+                    let answered = |resp: warp::reply::Response| {
+                        let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
+                        log_request(req.method(), req.uri().path(), resp.status(), peer, started);
+                        Either::Left(std::future::ready(Ok(resp)))
                     };
-                    if fast.is_none() && batch.is_none() {
+                    let slot = match (admitted, fast) {
+                        (Ok(_slot), Some(resp)) => return answered(resp),
+                        (Err(refused), _) => return answered(refused.into_response()),
+                        (Ok(slot), None) => slot,
+                    };
+                    let started = Instant::now();
+                    let method = req.method().clone();
+                    let uri = req.uri().clone(); // shares the bytes
+                    let timeout = limits_state.limits.body_read_timeout();
+                    let mut req = req.map(|b| crate::limits::TimeoutBody::new(b, timeout));
+                    // So is the batch check, read in the handler below.
+                    let batch = api::batch::plain_batch(&req);
+                    if batch.is_none() {
                         req.extensions_mut().insert(ClientAddr(client));
                     }
+                    let mut service = service.clone();
                     let state = limits_state.clone();
-                    async move {
+                    Either::Right(async move {
                         use tower_service::Service;
-                        let resp = match (admitted, fast, batch) {
-                            (Ok(_slot), Some(resp), _) => resp,
-                            (Ok(_slot), None, Some(head)) => {
+                        let _slot = slot;
+                        let resp = match batch {
+                            Some(head) => {
                                 let body = req.into_body();
                                 api::batch::fast_batch(body, head, client, state).await
                             }
-                            (Ok(_slot), None, None) => service.call(req).await?,
-                            (Err(refused), ..) => refused.into_response(),
+                            None => service.call(req).await?,
                         };
-                        log_request(&method, uri.path(), resp.status(), peer, started);
+                        log_request(&method, uri.path(), resp.status(), peer, Some(started));
                         Ok::<_, std::convert::Infallible>(resp)
-                    }
+                    })
                 });
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -247,13 +258,14 @@ fn log_request(
     path: &str,
     status: hyper::StatusCode,
     peer: SocketAddr,
-    started: Instant,
+    started: Option<Instant>,
 ) {
     if !status.is_server_error() && !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
     let client = crate::privacy::IpPrefix(peer.ip());
-    let micros = started.elapsed().as_micros() as u64;
+    // Answers made without waiting are not timed unless debugging.
+    let micros = started.map(|t| t.elapsed().as_micros() as u64);
     let path = if path.len() > 200 {
         &path[..path.floor_char_boundary(200)]
     } else {

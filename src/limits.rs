@@ -314,7 +314,8 @@ impl RateLimiter {
 /// `header_read_timeout` covers only the head, so without this a client
 /// could trickle an upload (and hold a slot) indefinitely.
 pub struct TimeoutBody<B> {
-    inner: Pin<Box<B>>,
+    /// Unboxed (hyper's body is `Unpin`): one allocation less per request.
+    inner: B,
     timeout: Option<Duration>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -322,7 +323,7 @@ pub struct TimeoutBody<B> {
 impl<B> TimeoutBody<B> {
     pub fn new(inner: B, timeout: Option<Duration>) -> Self {
         TimeoutBody {
-            inner: Box::pin(inner),
+            inner,
             timeout,
             sleep: None,
         }
@@ -346,7 +347,7 @@ impl std::error::Error for BodyTimeout {}
 
 impl<B> hyper::body::Body for TimeoutBody<B>
 where
-    B: hyper::body::Body,
+    B: hyper::body::Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Data = B::Data;
@@ -357,7 +358,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        match this.inner.as_mut().poll_frame(cx) {
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.sleep = None;
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))

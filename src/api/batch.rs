@@ -662,7 +662,7 @@ mod tests {
             let outcome = if failed {
                 Outcome::Error(0)
             } else {
-                Outcome::Answer(Answer { offer: offer.as_ref(), seq: 1, freshness: &freshness })
+                Outcome::Answer(Answer { offer: offer.as_ref(), seq: 1, freshness: &freshness, cached: None })
             };
             let (mut len, mut out) = (0, Vec::new());
             put_item(&mut |t: &[u8]| len += t.len(), &item, outcome, &errors);

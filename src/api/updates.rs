@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use bytes::Bytes;
 use serde::Deserialize;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -87,6 +88,8 @@ pub(super) struct Answer<'a> {
     pub offer: Option<&'a Bytes>,
     pub seq: u64,
     pub freshness: &'a Bytes,
+    /// Where the catalog keeps this whole answer once written.
+    pub cached: Option<&'a OnceLock<Bytes>>,
 }
 
 pub(super) fn resolve<'a>(
@@ -111,17 +114,18 @@ pub(super) fn resolve<'a>(
             format!("no releases for product {product:?}; check the product name"),
         )
     })?;
-    let freshness = p.freshness(channel).ok_or_else(|| {
+    let resolved = p.resolve(&installed, channel, ip).ok_or_else(|| {
         ApiError::not_found(
             "unknown_channel",
             format!("no channel {channel:?}; use stable, beta or a channel a release names"),
         )
     })?;
-    let offer = p.offer(&installed, channel, ip);
+    let offer = resolved.offer;
     Ok(Answer {
         offer: offer.map(|r| &r.offer_json),
         seq: offer.map(|r| r.manifest.seq).unwrap_or(0),
-        freshness,
+        freshness: resolved.freshness,
+        cached: Some(resolved.answer),
     })
 }
 
@@ -213,34 +217,45 @@ fn check_update(
         set_cache_headers(&mut resp, etag);
         return resp;
     }
-    // Exactly sized: `Bytes` then takes the buffer as it is.
-    let mut len = 2;
-    put_answer(&mut |text: &[u8]| len += text.len(), &answer);
-    let mut body = Vec::with_capacity(len);
-    body.push(b'{');
-    put_answer(&mut |text: &[u8]| body.extend_from_slice(text), &answer);
-    body.push(b'}');
+    let body = match answer.cached {
+        Some(cell) => cell.get_or_init(|| whole_answer(&answer)).clone(),
+        None => whole_answer(&answer),
+    };
     let mut resp = json_response(StatusCode::OK, body);
     set_cache_headers(&mut resp, etag);
     resp
 }
 
+/// `{"update":…,"freshness":…}`, exactly sized: `Bytes` then takes the
+/// buffer as it is.
+fn whole_answer(answer: &Answer<'_>) -> Bytes {
+    let mut len = 2;
+    put_answer(&mut |text: &[u8]| len += text.len(), answer);
+    let mut body = Vec::with_capacity(len);
+    body.push(b'{');
+    put_answer(&mut |text: &[u8]| body.extend_from_slice(text), answer);
+    body.push(b'}');
+    Bytes::from(body)
+}
+
 /// Varies with the snapshot (re-signed freshness) and the offered release.
 /// Hex written by hand: `format!` costs more than the rest of the check.
 fn etag(generation: u64, seq: u64) -> HeaderValue {
-    fn hex(out: &mut Vec<u8>, n: u64) {
+    fn hex(out: &mut [u8; 36], at: &mut usize, n: u64) {
         let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
         for i in (0..digits).rev() {
-            out.push(b"0123456789abcdef"[(n >> (i * 4)) as usize & 0xf]);
+            out[*at] = b"0123456789abcdef"[(n >> (i * 4)) as usize & 0xf];
+            *at += 1;
         }
     }
-    let mut tag = Vec::with_capacity(36);
-    tag.push(b'"');
-    hex(&mut tag, generation);
-    tag.push(b'-');
-    hex(&mut tag, seq);
-    tag.push(b'"');
-    HeaderValue::from_maybe_shared(Bytes::from(tag)).expect("hex and quotes are valid header bytes")
+    // On the stack, then copied once into an exactly sized buffer.
+    let mut tag = [b'"'; 36];
+    let mut at = 1;
+    hex(&mut tag, &mut at, generation);
+    tag[at] = b'-';
+    at += 1;
+    hex(&mut tag, &mut at, seq);
+    HeaderValue::from_bytes(&tag[..=at]).expect("hex and quotes are valid header bytes")
 }
 
 /// Rollout answers differ per client address, so only the client may cache.
