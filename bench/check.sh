@@ -5,6 +5,7 @@
 # answering the same bytes; then `POST /v1/updates` with 3 items vs the single
 # check. Server on one core, wrk -t1 -c64 on the other.
 #   bench/check.sh [--smoke] [--rounds N] [--duration 8s] [--no-build]
+# BENCH_CALLGRIND=1: instructions per request (callgrind) instead of wrk rounds.
 source "$(dirname "$0")/lib.sh" "$@"
 
 need_common
@@ -60,6 +61,40 @@ LUA
 code="$(curl -sS -o "$WORK/batch.body" -w '%{http_code}' -H 'Content-Type: application/json' \
     --data "$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$WORK/batch.lua")" "$FC_URL/v1/updates")"
 [ "$code" = 200 ] || die "batch answered $code: $(head -c 300 "$WORK/batch.body")"
+
+if [ "${BENCH_CALLGRIND:-0}" = 1 ]; then
+    # Instructions per request under callgrind instead of wrk rounds: the
+    # same count whatever else runs on the machine (kernel time not included).
+    need valgrind valgrind
+    cg_count() { # cg_count NAME PID OUT URL [WRK-ARGS...]: prints instructions/request
+        local name="$1" pid="$2" out="$3" url="$4"; shift 4
+        taskset -c "$LOAD_CPU" wrk -t1 -c8 -d2s "$@" "$url" >/dev/null
+        callgrind_control -z "$pid" >/dev/null
+        taskset -c "$LOAD_CPU" wrk -t1 -c8 -d5s "$@" "$url" >"$WORK/cg.wrk"
+        callgrind_control -d "$pid" >/dev/null
+        local dump n ir
+        dump="$(ls -t "$out".* | head -1)"
+        n="$(awk '/requests in/ {print $1}' "$WORK/cg.wrk")"
+        ir="$(awk '/^summary:/ {print $2}' "$dump")"
+        printf '%-20s %8d instructions/request (%s requests; %s)\n' "$name" $((ir / n)) "$n" "$dump"
+    }
+    cg_start() { # cg_start NAME OUT CMD...: the command under callgrind; sets PID and CG_URL
+        local name="$1" out="$2"; shift 2
+        start "$name" env RUST_LOG=warn taskset -c "$SERVER_CPU" \
+            valgrind --tool=callgrind --callgrind-out-file="$out" "$@"
+        CG_URL="$(wait_for_line "$PID" "$WORK/$name.log" 'listening on http://' 120)"
+        CG_URL="http://${CG_URL##*http://}"
+    }
+    stop "$FC_PID"
+    stop "$HY_PID"
+    cg_start cg.firmcast "$WORK/cg.firmcast.out" "$BIN/firmcast" serve --config "$WORK/fc/firmcast.toml"
+    cg_count "firmcast check" "$PID" "$WORK/cg.firmcast.out" "$CG_URL$CHECK_PATH"
+    cg_count "firmcast batch(3)" "$PID" "$WORK/cg.firmcast.out" "$CG_URL/v1/updates" -s "$WORK/batch.lua"
+    stop "$PID"
+    cg_start cg.hyper-ref "$WORK/cg.hyper-ref.out" "$BIN/hyper-ref" "$WORK/check.body" "${HDR_ARGS[@]}"
+    cg_count "hyper-ref" "$PID" "$WORK/cg.hyper-ref.out" "$CG_URL$CHECK_PATH"
+    exit 0
+fi
 
 log "$ROUNDS round(s) of wrk -t1 -c$CONNS -d$DURATION, each side in turn"
 for round in $(seq "$ROUNDS"); do

@@ -11,7 +11,8 @@
 #   bench/fanout.sh [--smoke] [--rounds N] [--no-build]
 # Env: BENCH_FANOUT_TOKENS (default 1000000), BENCH_FANOUT_SMALL (100000),
 # BENCH_FANOUT_WORKERS / BENCH_FANOUT_IN_FLIGHT ([push] workers / in_flight),
-# BENCH_FANOUT_CONNECTIONS ([push.apns|fcm] connections).
+# BENCH_FANOUT_CONNECTIONS ([push.apns|fcm] connections), BENCH_FANOUT_PERF=1
+# (`perf record -g` of firmcast during each job; with BENCH_KEEP=1 to read it).
 source "$(dirname "$0")/lib.sh" "$@"
 
 need_common
@@ -106,6 +107,11 @@ fanout_run() { # fanout_run NAME PRODUCT COUNT: appends NAME's rows to RAW
     fakes_start
     push_config "$WORK/fakes.toml"
     firmcast_start "$WORK/fc" "firmcast.$RUN"
+    local perf_pid=""
+    if [ "${BENCH_FANOUT_PERF:-0}" = 1 ]; then
+        perf record -q -F 499 -g -p "$PID" -o "$WORK/perf.$RUN.data" 2>/dev/null &
+        perf_pid=$!
+    fi
     fc_t0="$(cpu_ticks "$PID")" fk_t0="$(cpu_ticks "$FAKES_PID")" t0="$(date +%s.%N)"
     taskset -c "$LOAD_CPU" "$LOAD" notify --url "$URL" --token "$TOKEN" --product "$product" \
         --version 1.0.0 --pid "$PID" --name "$name" >"$out"
@@ -120,6 +126,10 @@ fanout_run() { # fanout_run NAME PRODUCT COUNT: appends NAME's rows to RAW
             printf "%s: firmcast CPU us/notif\tcpu_us\t%.1f\n%s: fakes CPU us/notif\tcpu_us\t%.1f\n", name, (b-a)/t/n*1e6, name, (d-c)/t/n*1e6
         }' >>"$RAW"
     cat "$out" >>"$RAW"
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid"; wait "$perf_pid" || true
+        log "profile of $name: perf report -i $WORK/perf.$RUN.data (with BENCH_KEEP=1)"
+    fi
     stop "$PID"
     stop "$FAKES_PID"
     LAST_OUT="$out"
