@@ -69,9 +69,9 @@ if [ "${BENCH_CALLGRIND:-0}" = 1 ]; then
     cg_count() { # cg_count NAME PID OUT URL [WRK-ARGS...]: prints instructions/request
         local name="$1" pid="$2" out="$3" url="$4"; shift 4
         taskset -c "$LOAD_CPU" wrk -t1 -c8 -d2s "$@" "$url" >/dev/null
-        callgrind_control -z "$pid" >/dev/null
+        callgrind_control -z "$pid" >/dev/null 2>&1
         taskset -c "$LOAD_CPU" wrk -t1 -c8 -d5s "$@" "$url" >"$WORK/cg.wrk"
-        callgrind_control -d "$pid" >/dev/null
+        callgrind_control -d "$pid" >/dev/null 2>&1
         local dump n ir
         dump="$(ls -t "$out".* | head -1)"
         n="$(awk '/requests in/ {print $1}' "$WORK/cg.wrk")"
