@@ -169,6 +169,8 @@ impl Application {
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     use futures_util::future::Either;
+                    // Answers made without waiting are timed only for the debug log.
+                    let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
                     // Overload protection before any handler (crate::limits).
                     let trusted = &limits_state.settings.server.trusted_proxies;
                     // Only a trusted proxy's header counts, and by default
@@ -192,7 +194,6 @@ impl Application {
                         Err(_) => None,
                     };
                     let answered = |resp: warp::reply::Response| {
-                        let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
                         log_request(req.method(), req.uri().path(), resp.status(), peer, started);
                         Either::Left(std::future::ready(Ok(resp)))
                     };
@@ -201,7 +202,7 @@ impl Application {
                         (Err(refused), _) => return answered(refused.into_response()),
                         (Ok(slot), None) => slot,
                     };
-                    let started = Instant::now();
+                    let started = started.unwrap_or_else(Instant::now);
                     let method = req.method().clone();
                     let uri = req.uri().clone(); // shares the bytes
                     let timeout = limits_state.limits.body_read_timeout();
@@ -264,7 +265,6 @@ fn log_request(
         return;
     }
     let client = crate::privacy::IpPrefix(peer.ip());
-    // Answers made without waiting are not timed unless debugging.
     let micros = started.map(|t| t.elapsed().as_micros() as u64);
     let path = if path.len() > 200 {
         &path[..path.floor_char_boundary(200)]

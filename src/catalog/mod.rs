@@ -16,13 +16,14 @@ use semver::Version;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::{BTreeSet, HashMap};
-
-/// The snapshot's maps are built from published names and only looked up
-/// with client input, so a fast unkeyed-quality hash is safe here (a lookup
-/// cannot lengthen a probe chain); SipHash cost ~0.3k instructions a check.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
+
+/// The snapshot's maps hold published names and are only looked up with
+/// client input, which cannot lengthen a probe chain: foldhash (seeded per
+/// process, not DoS-hardened) is safe here and saves SipHash's ~0.3k
+/// instructions a check.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Channels every product answers for, even before a release uses them.
 const BASE_CHANNELS: [&str; 2] = ["stable", "beta"];
@@ -209,7 +210,9 @@ impl ProductCatalog {
         })
     }
 
-    /// A check of `channel` from `installed`: `None` when the product does
+    /// A check of `channel` from `installed`: the newest release this
+    /// client may take (stepping stones through `from`, skipping paused,
+    /// yanked and not-yet-rolled-out releases); `None` when the product does
     /// not answer for that channel.
     pub fn resolve(&self, installed: &Version, channel: &str, ip: IpAddr) -> Option<Resolved<'_>> {
         let (channel, statement) = self.freshness.get_key_value(channel)?;
@@ -233,14 +236,6 @@ impl ProductCatalog {
             && stored
                 .iter()
                 .all(|s| self.releases.iter().any(|r| r.built_from(s)))
-    }
-
-    /// The newest release this client may take: stepping stones through
-    /// `from`, skipping paused, yanked and not-yet-rolled-out releases.
-    pub fn offer(&self, installed: &Version, channel: &str, ip: IpAddr) -> Option<&Arc<Release>> {
-        self.releases
-            .iter()
-            .find(|r| r.offerable(installed, channel, ip))
     }
 }
 
@@ -579,7 +574,11 @@ mod tests {
         let snap = catalog.load_full();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let p = snap.product("P").unwrap();
-        let offer = p.offer(&"1.0.0".parse().unwrap(), "stable", ip).unwrap();
+        let offer = p
+            .resolve(&"1.0.0".parse().unwrap(), "stable", ip)
+            .unwrap()
+            .offer
+            .unwrap();
         assert_eq!(
             offer.manifest.version.to_string(),
             "1.1.0",
