@@ -109,6 +109,7 @@ fanout_run() { # fanout_run NAME PRODUCT COUNT: appends NAME's rows to RAW
     firmcast_start "$WORK/fc" "firmcast.$RUN"
     local perf_pid=""
     if [ "${BENCH_FANOUT_PERF:-0}" = 1 ]; then
+        need perf linux-perf
         perf record -q -F 499 -g -p "$PID" -o "$WORK/perf.$RUN.data" 2>/dev/null &
         perf_pid=$!
     fi
