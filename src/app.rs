@@ -69,6 +69,7 @@ impl Application {
             build_ms = build.elapsed().as_millis() as u64,
             "catalog loaded"
         );
+        crate::memory::release_startup_memory().await;
 
         let tokens = settings
             .admin

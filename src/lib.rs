@@ -16,6 +16,7 @@
 //! - [`metrics`], [`privacy`]: counters without client data; IP prefixes.
 //! - [`cli`]: the `firmcast` commands; thin wrappers over the library.
 //! - [`files`]: atomic file writes shared by the CLI and the local stores.
+//! - [`memory`]: start-up's freed memory handed back (mimalloc).
 //! - [`telemetry`]: logging set-up.
 //!
 //! Signing lives in its own crate, `firmcast-signing`, which has no network
@@ -31,6 +32,7 @@ pub mod error;
 pub mod fanout;
 pub mod files;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod privacy;
 pub mod push;

@@ -2,6 +2,10 @@
 
 use clap::Parser;
 
+// Why mimalloc, and what it costs at start-up: `firmcast::memory`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = firmcast::cli::Cli::parse();
     firmcast::telemetry::init(cli.verbose);
