@@ -249,7 +249,9 @@ impl FcmProvider {
         if let Some(token) = self.cached(None) {
             return Ok(token);
         }
-        self.fetch_unless_fresh(None).await
+        // Boxed, here and below: the OAuth exchange (a reqwest call) is a
+        // future of several KiB that every send's future would carry.
+        Box::pin(self.fetch_unless_fresh(None)).await
     }
 
     /// A new access token to replace the one of `stale_generation` that FCM
@@ -258,7 +260,7 @@ impl FcmProvider {
         &self,
         stale_generation: u64,
     ) -> Result<AccessToken, SendOutcome> {
-        self.fetch_unless_fresh(Some(stale_generation)).await
+        Box::pin(self.fetch_unless_fresh(Some(stale_generation))).await
     }
 
     async fn fetch_unless_fresh(
