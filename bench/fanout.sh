@@ -12,7 +12,11 @@
 # Env: BENCH_FANOUT_TOKENS (default 1000000), BENCH_FANOUT_SMALL (100000),
 # BENCH_FANOUT_WORKERS / BENCH_FANOUT_IN_FLIGHT ([push] workers / in_flight),
 # BENCH_FANOUT_CONNECTIONS ([push.apns|fcm] connections), BENCH_FANOUT_PERF=1
-# (`perf record -g` of firmcast during each job; with BENCH_KEEP=1 to read it).
+# (`perf record -g` of firmcast during each job; with BENCH_KEEP=1 to read it;
+# BENCH_PERF_CALLGRAPH replaces -g, e.g. "--call-graph dwarf,8192"),
+# BENCH_FANOUT_SEEDED=DIR (the kept work dir of an earlier BENCH_KEEP=1 run
+# with the same token counts: its keys and stores are copied, not re-seeded;
+# seeding 1M takes ~6 minutes and is not measured).
 source "$(dirname "$0")/lib.sh" "$@"
 
 need_common
@@ -90,16 +94,27 @@ fakes_start() { # sets FAKES_PID; the [push.apns]/[push.fcm] block in $WORK/fake
 }
 
 # --- seed: one release per product, then the subscriptions ----------------------
-log "seeding $BIG subscriptions ($((BIG / 2)) APNs + $((BIG / 2)) FCM; the first $SMALL also to $SMALL_P)"
-push_config
-firmcast_start "$WORK/fc" firmcast.seed
-python3 "$BENCH_DIR/catalog.py" --server "$URL" --token "$TOKEN" --key "$WORK/fc/keys/release-1.pem" \
-    --products 2 --releases 1 --prefix Fan- --threads 1
-seed_started=$SECONDS
-taskset -c "$LOAD_CPU" "$LOAD" seed --url "$URL" --products "$BIG_P,$SMALL_P" --from 0 --to $((SMALL / 2))
-taskset -c "$LOAD_CPU" "$LOAD" seed --url "$URL" --products "$BIG_P" --from $((SMALL / 2)) --to $((BIG / 2))
-log "seeded in $((SECONDS - seed_started)) s (not measured)"
-stop "$PID"
+SEEDED="${BENCH_FANOUT_SEEDED:-}"
+if [ -n "$SEEDED" ]; then
+    [ "$(cat "$SEEDED/fc/seeded" 2>/dev/null)" = "$BIG $SMALL" ] \
+        || die "$SEEDED was not seeded with $BIG/$SMALL tokens (its fc/seeded says: $(cat "$SEEDED/fc/seeded" 2>/dev/null || echo nothing)); run without BENCH_FANOUT_SEEDED"
+    log "reusing the stores seeded in $SEEDED"
+    rm -rf "$WORK/fc/keys" "$WORK/fc/data"
+    cp -r "$SEEDED/fc/keys" "$SEEDED/fc/data" "$WORK/fc/"
+    cp "$SEEDED/fc/seeded" "$WORK/fc/"
+else
+    log "seeding $BIG subscriptions ($((BIG / 2)) APNs + $((BIG / 2)) FCM; the first $SMALL also to $SMALL_P)"
+    push_config
+    firmcast_start "$WORK/fc" firmcast.seed
+    python3 "$BENCH_DIR/catalog.py" --server "$URL" --token "$TOKEN" --key "$WORK/fc/keys/release-1.pem" \
+        --products 2 --releases 1 --prefix Fan- --threads 1
+    seed_started=$SECONDS
+    taskset -c "$LOAD_CPU" "$LOAD" seed --url "$URL" --products "$BIG_P,$SMALL_P" --from 0 --to $((SMALL / 2))
+    taskset -c "$LOAD_CPU" "$LOAD" seed --url "$URL" --products "$BIG_P" --from $((SMALL / 2)) --to $((BIG / 2))
+    log "seeded in $((SECONDS - seed_started)) s (not measured)"
+    stop "$PID"
+    echo "$BIG $SMALL" >"$WORK/fc/seeded"
+fi
 
 # --- one fan-out job: fresh fakes, fresh firmcast, notify -> done -----------------
 fanout_run() { # fanout_run NAME PRODUCT COUNT: appends NAME's rows to RAW
@@ -110,7 +125,7 @@ fanout_run() { # fanout_run NAME PRODUCT COUNT: appends NAME's rows to RAW
     local perf_pid=""
     if [ "${BENCH_FANOUT_PERF:-0}" = 1 ]; then
         need perf linux-perf
-        perf record -q -F 499 -g -p "$PID" -o "$WORK/perf.$RUN.data" 2>/dev/null &
+        perf record -q -F 499 ${BENCH_PERF_CALLGRAPH:--g} -p "$PID" -o "$WORK/perf.$RUN.data" 2>/dev/null &
         perf_pid=$!
     fi
     fc_t0="$(cpu_ticks "$PID")" fk_t0="$(cpu_ticks "$FAKES_PID")" t0="$(date +%s.%N)"
