@@ -21,6 +21,45 @@ async fn fresh_store() -> (Arc<dyn PushStore>, TempDir) {
 
 push_conformance!(fresh_store());
 
+/// A store written before the `last_seen` index existed (what `sweep_idle`
+/// reads) gets it built on open, so its idle tokens are still swept.
+#[tokio::test]
+async fn an_older_embedded_store_gets_its_last_seen_index_on_open() {
+    use firmcast::fanout::ProviderKind;
+    use redb::TableDefinition;
+    use support::push_suite::{fcm_token, sub};
+    use support::state_suite::instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("push.redb");
+    let store = EmbeddedPushStore::open(&path).unwrap();
+    for i in 0..10 {
+        let seen = instant(if i < 6 { i } else { 1_000 + i });
+        let s = sub(ProviderKind::Fcm, &fcm_token(i as usize), &["P"], seen);
+        store.upsert_subscription(&s).await.unwrap();
+    }
+    drop(store);
+
+    // What a store of the previous release holds: no index, no flag.
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    let index: TableDefinition<(i64, &str), ()> = TableDefinition::new("last_seen_index");
+    assert!(txn.delete_table(index).unwrap());
+    let meta: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    txn.open_table(meta)
+        .unwrap()
+        .remove("last_seen_index_built")
+        .unwrap()
+        .expect("the flag was set");
+    txn.commit().unwrap();
+    drop(db);
+
+    let store = EmbeddedPushStore::open(&path).unwrap();
+    assert_eq!(store.sweep_idle(instant(100)).await.unwrap(), 6);
+    assert_eq!(store.count_subscribers("P").await.unwrap(), 4);
+    assert_eq!(store.sweep_idle(instant(2_000)).await.unwrap(), 4);
+}
+
 /// The same suite against Redis (`REDIS_URL`, default redis://127.0.0.1:6379),
 /// each test under its own key prefix, deleted when it ends.
 mod on_redis {

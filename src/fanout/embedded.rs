@@ -31,7 +31,16 @@ const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
 const PENDING: TableDefinition<u64, &str> = TableDefinition::new("queue_pending");
 /// queue seq -> InFlight JSON, claimed and not completed.
 const INFLIGHT: TableDefinition<u64, &str> = TableDefinition::new("queue_inflight");
+/// (last seen in ns since the epoch, member key) -> (): what `sweep_idle`
+/// reads, so it touches only the idle subscriptions, not all of them.
+const SEEN: TableDefinition<(i64, &str), ()> = TableDefinition::new("last_seen_index");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `META` key: set once `SEEN` covers every subscription (stores written
+/// before it existed get it built on open).
+const SEEN_BUILT: &str = "last_seen_index_built";
+/// Idle subscriptions removed per write transaction by `sweep_idle`, so
+/// registrations are not held up behind a long sweep (as in Redis).
+const SWEEP_CHUNK: usize = 256;
 
 #[derive(Serialize, Deserialize)]
 struct InFlight {
@@ -67,6 +76,7 @@ impl EmbeddedPushStore {
         txn.open_table(PENDING).db()?;
         txn.open_table(INFLIGHT).db()?;
         txn.open_table(META).db()?;
+        build_seen_index(&txn)?;
         txn.commit().db()?;
         Ok(EmbeddedPushStore { db: Arc::new(db) })
     }
@@ -85,6 +95,34 @@ impl EmbeddedPushStore {
     }
 }
 
+/// A `last_seen` as the `SEEN` key orders it (nanoseconds fit until 2262).
+fn seen_key(at: DateTime<Utc>) -> i64 {
+    at.timestamp_nanos_opt().unwrap_or(if at.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+/// Fills `SEEN` from the subscriptions of a store written before it
+/// existed; once (a flag in `META`), on open.
+fn build_seen_index(txn: &redb::WriteTransaction) -> Result<(), StateError> {
+    let mut meta = txn.open_table(META).db()?;
+    if meta.get(SEEN_BUILT).db()?.is_some() {
+        return Ok(());
+    }
+    let subs = txn.open_table(SUBS).db()?;
+    let mut seen = txn.open_table(SEEN).db()?;
+    for entry in subs.iter().db()? {
+        let (member, v) = entry.db()?;
+        let sub: Subscription = decode(v.value())?;
+        seen.insert((seen_key(sub.last_seen), member.value()), ())
+            .db()?;
+    }
+    meta.insert(SEEN_BUILT, 1).db()?;
+    Ok(())
+}
+
 fn remove_sub(txn: &redb::WriteTransaction, member: &str) -> Result<bool, StateError> {
     let mut subs = txn.open_table(SUBS).db()?;
     let Some(old) = subs.remove(member).db()? else {
@@ -95,6 +133,10 @@ fn remove_sub(txn: &redb::WriteTransaction, member: &str) -> Result<bool, StateE
     for p in &old.products {
         index.remove((p.as_str(), member)).db()?;
     }
+    txn.open_table(SEEN)
+        .db()?
+        .remove((seen_key(old.last_seen), member))
+        .db()?;
     Ok(true)
 }
 
@@ -132,6 +174,10 @@ impl PushStore for EmbeddedPushStore {
                 for p in &sub.products {
                     index.insert((p.as_str(), member.as_str()), ()).db()?;
                 }
+                txn.open_table(SEEN)
+                    .db()?
+                    .insert((seen_key(sub.last_seen), member.as_str()), ())
+                    .db()?;
             }
             txn.commit().db()
         })
@@ -286,27 +332,49 @@ impl PushStore for EmbeddedPushStore {
     }
 
     async fn sweep_idle(&self, before: DateTime<Utc>) -> Result<u64, StateError> {
-        self.run(move |db| {
-            let txn = db.begin_write().db()?;
-            let stale: Vec<String> = {
-                let subs = txn.open_table(SUBS).db()?;
-                let mut stale = Vec::new();
-                for entry in subs.iter().db()? {
-                    let (k, v) = entry.db()?;
-                    let sub: Subscription = decode(v.value())?;
-                    if sub.last_seen < before {
-                        stale.push(k.value().to_owned());
+        let mut removed = 0;
+        loop {
+            let round = self
+                .run(move |db| {
+                    let mut txn = db.begin_write().db()?;
+                    // A round lost to a crash is redone by the next sweep.
+                    txn.set_durability(redb::Durability::Eventual);
+                    // Every key below (before, "") was last seen before `before`.
+                    let idle: Vec<(i64, String)> = {
+                        let seen = txn.open_table(SEEN).db()?;
+                        let mut idle = Vec::new();
+                        for entry in seen.range(..(seen_key(before), "")).db()? {
+                            let (key, _) = entry.db()?;
+                            let (at, member) = key.value();
+                            idle.push((at, member.to_owned()));
+                            if idle.len() == SWEEP_CHUNK {
+                                break;
+                            }
+                        }
+                        idle
+                    };
+                    let mut gone = 0;
+                    for (at, member) in &idle {
+                        if remove_sub(&txn, member)? {
+                            gone += 1;
+                        } else {
+                            // No subscription behind it: drop the entry
+                            // anyway, so every round makes progress.
+                            txn.open_table(SEEN)
+                                .db()?
+                                .remove((*at, member.as_str()))
+                                .db()?;
+                        }
                     }
-                }
-                stale
-            };
-            for member in &stale {
-                remove_sub(&txn, member)?;
+                    txn.commit().db()?;
+                    Ok((gone, idle.len()))
+                })
+                .await?;
+            removed += round.0;
+            if round.1 < SWEEP_CHUNK {
+                return Ok(removed);
             }
-            txn.commit().db()?;
-            Ok(stale.len() as u64)
-        })
-        .await
+        }
     }
 
     async fn put_job(&self, job: &Job) -> Result<(), StateError> {
