@@ -113,13 +113,21 @@ fn build_seen_index(txn: &redb::WriteTransaction) -> Result<(), StateError> {
     }
     let subs = txn.open_table(SUBS).db()?;
     let mut seen = txn.open_table(SEEN).db()?;
+    let mut indexed = 0u64;
     for entry in subs.iter().db()? {
         let (member, v) = entry.db()?;
         let sub: Subscription = decode(v.value())?;
         seen.insert((seen_key(sub.last_seen), member.value()), ())
             .db()?;
+        indexed += 1;
     }
     meta.insert(SEEN_BUILT, 1).db()?;
+    if indexed > 0 {
+        tracing::info!(
+            subscriptions = indexed,
+            "push store: last-seen index built (once, for the idle-token sweep)"
+        );
+    }
     Ok(())
 }
 
