@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
     pub signing: SigningSettings,
@@ -23,6 +24,7 @@ pub struct Settings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -31,27 +33,42 @@ pub struct ServerSettings {
     /// Only peers in these networks may set the client IP via X-Forwarded-For.
     pub trusted_proxies: Vec<IpNet>,
     pub max_artifact_bytes: u64,
+    /// A connection that has not sent a whole request head this long after
+    /// it was opened is closed, whatever its protocol.
     pub header_read_timeout_secs: u64,
+    /// A connection with no request in progress for this long is closed
+    /// (HTTP/1.1 keep-alive and HTTP/2 alike).
+    pub idle_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
 }
 
 /// Overload protection (see `crate::limits`). 0 turns a limit off.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LimitsSettings {
     /// Sustained requests per second per client (IPv4 address or IPv6 /64)
     /// on the public endpoints.
     pub per_ip_rps: f64,
     /// Requests a client may make at once before the rate applies.
     pub per_ip_burst: u32,
-    /// Requests handled at once; past it, an immediate 503 with Retry-After.
+    /// Public requests handled at once; past it, an immediate 503 with
+    /// Retry-After, and `/readyz` says "saturated".
     pub max_in_flight: usize,
+    /// Requests one client (IPv4 address or IPv6 /64) may have in progress.
+    pub max_in_flight_per_client: usize,
+    /// Admin calls, probes and metrics handled at once: their own pool, so
+    /// operators can act while the public one is full.
+    pub max_in_flight_ops: usize,
     /// Clients the rate limiter remembers; bounds its memory.
     pub max_tracked_clients: usize,
-    /// An upload that sends no bytes for this long is cut off.
+    /// A request body that sends nothing for this long is cut off; so is
+    /// one that, after this long, averages less than `body_min_bytes_per_sec`.
     pub body_read_timeout_secs: u64,
+    pub body_min_bytes_per_sec: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SigningSettings {
     pub keyset: PathBuf,
     pub root_public_key: PathBuf,
@@ -72,6 +89,7 @@ pub enum StateBackend {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StateSettings {
     pub backend: StateBackend,
     pub redis_url: String,
@@ -97,15 +115,20 @@ pub enum Delivery {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BlobSettings {
     pub backend: BlobBackend,
     pub delivery: Delivery,
+    /// An uploaded artifact that no release names is deleted this many hours
+    /// after its upload (0 keeps them all).
+    pub orphan_ttl_hours: u64,
     pub s3: S3Settings,
 }
 
 /// S3 or an S3-compatible server. Credentials come from the standard AWS
 /// chain (env, profile, instance role), never from this file.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct S3Settings {
     pub bucket: String,
     /// Empty = AWS; set for S3-compatible servers (MinIO, s3s-fs, ...).
@@ -121,6 +144,7 @@ pub struct S3Settings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PushSettings {
     /// Tokens not seen for this long are deleted by the sweeper.
     pub retention_days: u64,
@@ -138,12 +162,74 @@ pub struct PushSettings {
     /// another worker (its own worker died).
     pub stale_batch_secs: u64,
     #[serde(default)]
-    pub apns: crate::push::ApnsSettings,
+    pub apns: ApnsSettings,
     #[serde(default)]
-    pub fcm: crate::push::FcmSettings,
+    pub fcm: FcmSettings,
+}
+
+/// `[push.apns]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApnsSettings {
+    pub enabled: bool,
+    /// `https://api.push.apple.com` (or `https://api.sandbox.push.apple.com`).
+    pub base_url: String,
+    /// The team's token-signing key (`AuthKey_XXXXXXXXXX.p8`, PKCS#8 EC P-256).
+    pub key_file: PathBuf,
+    pub key_id: String,
+    pub team_id: String,
+    /// The app's bundle id.
+    pub topic: String,
+    /// An extra trusted root certificate (PEM); empty = none.
+    pub ca_file: PathBuf,
+    /// HTTP/2 connections kept open to APNs (each carries many streams).
+    pub connections: usize,
+}
+
+impl Default for ApnsSettings {
+    fn default() -> Self {
+        ApnsSettings {
+            enabled: false,
+            base_url: "https://api.push.apple.com".to_owned(),
+            key_file: PathBuf::from("secrets/apns.p8"),
+            key_id: String::new(),
+            team_id: String::new(),
+            topic: String::new(),
+            ca_file: PathBuf::new(),
+            connections: crate::push::DEFAULT_CONNECTIONS,
+        }
+    }
+}
+
+/// `[push.fcm]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FcmSettings {
+    pub enabled: bool,
+    /// `https://fcm.googleapis.com`.
+    pub base_url: String,
+    /// The service-account JSON; its `token_uri` is where OAuth tokens come from.
+    pub service_account_file: PathBuf,
+    /// An extra trusted root certificate (PEM); empty = none.
+    pub ca_file: PathBuf,
+    /// HTTP/2 connections kept open to FCM (each carries many streams).
+    pub connections: usize,
+}
+
+impl Default for FcmSettings {
+    fn default() -> Self {
+        FcmSettings {
+            enabled: false,
+            base_url: "https://fcm.googleapis.com".to_owned(),
+            service_account_file: PathBuf::from("secrets/fcm.json"),
+            ca_file: PathBuf::new(),
+            connections: crate::push::DEFAULT_CONNECTIONS,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     pub tokens: Vec<TokenSettings>,
 }
@@ -151,11 +237,16 @@ pub struct AdminSettings {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Reads everything under `/v1/admin`, changes nothing.
+    Viewer,
+    /// Uploads, publishes, rolls out, pauses, yanks, notifies.
     Publisher,
+    /// Everything.
     Admin,
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenSettings {
     pub name: String,
     pub role: Role,
@@ -164,7 +255,9 @@ pub struct TokenSettings {
 }
 
 impl Settings {
-    /// Defaults, then `file` (if any), then the environment.
+    /// Defaults, then `file` (if any), then the environment. An unknown key
+    /// or section anywhere is an error that names it and where it came from:
+    /// a typo must not silently turn a setting (say, rate limits) off.
     pub fn load(file: Option<&Path>) -> Result<Self> {
         let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(file) = file {
@@ -175,13 +268,8 @@ impl Settings {
         }
         fig = fig.merge(Env::prefixed("FIRMCAST__").split("__"));
         let settings: Settings = fig.extract().map_err(|e| {
-            anyhow::anyhow!(
-                "invalid configuration: {}",
-                e.into_iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
+            let problems: Vec<String> = e.into_iter().map(|e| describe(&fig, e)).collect();
+            anyhow::anyhow!("invalid configuration: {}", problems.join("; "))
         })?;
         settings.validate()?;
         Ok(settings)
@@ -233,6 +321,45 @@ impl Settings {
     }
 }
 
+/// One configuration problem in words: which key, where it was set (the file
+/// or the environment variable), and what is wrong with it.
+fn describe(fig: &Figment, e: figment::Error) -> String {
+    use figment::error::Kind;
+    // Where the offending value was set: a file, an environment variable, or
+    // the embedded defaults. An unknown key's own value knows best.
+    // The path names the offending key; its section is the rest.
+    let mut path = e.path.clone();
+    if let Kind::UnknownField(field, _) = &e.kind {
+        if path.last() != Some(field) {
+            path.push(field.clone());
+        }
+    }
+    let section_path = match &e.kind {
+        Kind::UnknownField(..) => &path[..path.len() - 1],
+        _ => &e.path[..],
+    };
+    let source = fig
+        .find_metadata(&path.join("."))
+        .or(e.metadata.as_ref())
+        .map(|md| match &md.source {
+            Some(figment::Source::File(file)) => file.display().to_string(),
+            _ => md.interpolate(&fig.profile().clone(), &path),
+        })
+        .unwrap_or_else(|| "the configuration".to_owned());
+    let section = match section_path.is_empty() {
+        true => "at the top level".to_owned(),
+        false => format!("in [{}]", section_path.join(".")),
+    };
+    match &e.kind {
+        Kind::UnknownField(field, expected) => format!(
+            "unknown key `{field}` {section} of {source}; the keys there are: {}",
+            expected.join(", ")
+        ),
+        Kind::MissingField(field) => format!("missing key `{field}` {section} of {source}"),
+        kind => format!("`{}` in {source}: {kind}", path.join(".")),
+    }
+}
+
 /// Reads a config file path from `--config` or `FIRMCAST_CONFIG`.
 pub fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
     flag.or_else(|| std::env::var_os("FIRMCAST_CONFIG").map(PathBuf::from))
@@ -268,6 +395,41 @@ mod tests {
             PathBuf::from("./data"),
             "untouched keys keep defaults"
         );
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_refused_by_name_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("typo.toml");
+        for (text, key, section) in [
+            (
+                "[server]\nlisen = \"0.0.0.0:80\"\n",
+                "`lisen`",
+                "in [server]",
+            ),
+            ("[limitz]\nper_ip_rps = 5\n", "`limitz`", "at the top level"),
+            ("[limits]\nper_ip_rsp = 5\n", "`per_ip_rsp`", "in [limits]"),
+            (
+                "[push.apns]\nenabeld = true\n",
+                "`enabeld`",
+                "in [push.apns]",
+            ),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let err = Settings::load(Some(&f)).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("unknown key {key} {section}")),
+                "{err}"
+            );
+            assert!(
+                err.contains(&f.display().to_string()),
+                "names the file: {err}"
+            );
+        }
+        // The keys it could have meant are listed.
+        std::fs::write(&f, "[server]\nlisen = \"0.0.0.0:80\"\n").unwrap();
+        let err = Settings::load(Some(&f)).unwrap_err().to_string();
+        assert!(err.contains("listen, data_dir"), "{err}");
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! `anyhow` stays in start-up and the CLI. Bad input never becomes a 500.
 
 use crate::blob::BlobError;
+use crate::edge::body::Body;
+use crate::edge::Response;
+use crate::fanout::PushError;
 use crate::state::StateError;
-use warp::http::{header, HeaderValue, StatusCode};
-use warp::reply::Response;
+use hyper::header::{self, HeaderValue};
+use hyper::StatusCode;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -57,7 +60,7 @@ impl ApiError {
 
     pub fn into_response(self) -> Response {
         let body = serde_json::json!({"error": self.code, "message": self.message});
-        let mut resp = Response::new(serde_json::to_vec(&body).unwrap_or_default().into());
+        let mut resp = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
         *resp.status_mut() = self.status;
         let h = resp.headers_mut();
         h.insert(
@@ -91,6 +94,21 @@ impl From<StateError> for ApiError {
                 tracing::error!(error = %e, "state store corrupt");
                 ApiError::internal(
                     "the state store holds unreadable data; the operator has been alerted",
+                )
+            }
+        }
+    }
+}
+
+impl From<PushError> for ApiError {
+    fn from(e: PushError) -> Self {
+        match &e {
+            PushError::UnknownJob { .. } => ApiError::not_found("unknown_job", e.to_string()),
+            PushError::Unavailable { .. } => ApiError::unavailable(format!("{e}; retry shortly")),
+            PushError::Corrupt(_) => {
+                tracing::error!(error = %e, "push store corrupt");
+                ApiError::internal(
+                    "the push store holds unreadable data; the operator has been alerted",
                 )
             }
         }
@@ -137,30 +155,4 @@ impl From<firmcast_signing::Error> for ApiError {
             _ => ApiError::unprocessable("invalid_release", e.to_string()),
         }
     }
-}
-
-/// Turns warp's own rejections (no route, wrong method, ...) into JSON.
-pub async fn handle_rejection(r: warp::Rejection) -> Result<Response, std::convert::Infallible> {
-    let err = if r.is_not_found() {
-        ApiError::not_found(
-            "not_found",
-            "no such endpoint; see the API in the firmcast docs",
-        )
-    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this endpoint does not take that method",
-        )
-    } else if r.find::<warp::reject::InvalidQuery>().is_some() {
-        ApiError::bad_request("bad_query", "the query string is malformed")
-    } else if r.find::<warp::reject::MissingHeader>().is_some()
-        || r.find::<warp::reject::InvalidHeader>().is_some()
-    {
-        ApiError::bad_request("bad_header", "a required header is missing or malformed")
-    } else {
-        tracing::debug!(rejection = ?r, "unhandled rejection");
-        ApiError::bad_request("bad_request", "the request could not be understood")
-    };
-    Ok(err.into_response())
 }

@@ -1,223 +1,59 @@
-//! The admin API: bearer tokens (configured as sha256 hashes with a role),
-//! streamed artifact upload, release publish and rollout changes, audit log.
+//! The admin API's release calls: streamed artifact upload, publish, list,
+//! rollout changes, audit log. The caller is already authenticated with the
+//! role the route table names ([`crate::api::Api::answer`]); the work is
+//! [`crate::releases::Releases`]'s.
 
-use super::{json_body, json_response, parse_json, with_state, Shared, MAX_JSON_BODY};
-use crate::blob::ByteStream;
-use crate::config::Role;
+use super::{
+    check_names, json, json_response, parse_json, query, read_json_body, Api, MAX_JSON_BODY,
+};
+use crate::edge::body::RequestBody;
+use crate::edge::Response;
 use crate::error::ApiError;
-use crate::state::{AuditEntry, ReleasePatch, StoredRelease};
-use bytes::{Buf, Bytes};
-use chrono::Utc;
-use firmcast_signing::{Envelope, ReleaseManifest};
-use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-use warp::filters::BoxedFilter;
-use warp::http::StatusCode;
-use warp::reply::Response;
-use warp::Filter;
+use crate::releases::{Actor, Publish, ReleaseView, Releases};
+use crate::state::ReleasePatch;
+use firmcast_signing::Envelope;
+use hyper::header::{self, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::StatusCode;
+use serde::Deserialize;
 
-/// Who is calling: the token's configured name and role.
-#[derive(Clone, Debug)]
-pub struct Actor {
-    pub name: String,
-    pub role: Role,
-}
-
-pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
-    let auth = bearer(state.clone());
-
-    let upload = warp::path!("v1" / "admin" / "artifacts" / String / String)
-        .and(warp::put())
-        .and(auth.clone())
-        .and(warp::header::optional::<String>("content-type"))
-        .and(warp::header::optional::<u64>("content-length"))
-        .and(warp::body::stream())
-        .and(with_state(state.clone()))
-        .then(|p, v, actor, ct, len, body, state| async move {
-            respond(upload_artifact(p, v, actor, ct, len, body, state).await)
-        });
-    let publish = warp::path!("v1" / "admin" / "releases")
-        .and(warp::post())
-        .and(auth.clone())
-        .and(json_body(MAX_JSON_BODY))
-        .and(with_state(state.clone()))
-        .then(|actor, body, state| async move { respond(publish(actor, body, state).await) });
-    let list = warp::path!("v1" / "admin" / "releases")
-        .and(warp::get())
-        .and(auth.clone())
-        .and(super::query::<ListQuery>())
-        .and(with_state(state.clone()))
-        .then(|actor, q, state| async move { respond(list_releases(actor, q, state).await) });
-    let patch = warp::path!("v1" / "admin" / "releases" / String / String)
-        .and(warp::patch())
-        .and(auth.clone())
-        .and(json_body(MAX_JSON_BODY))
-        .and(with_state(state.clone()))
-        .then(|p, v, actor, body, state| async move {
-            respond(patch_release(p, v, actor, body, state).await)
-        });
-    let audit = warp::path!("v1" / "admin" / "audit")
-        .and(warp::get())
-        .and(auth)
-        .and(super::query::<AuditQuery>())
-        .and(with_state(state))
-        .then(|actor, q, state| async move { respond(list_audit(actor, q, state).await) });
-    upload
-        .or(publish)
-        .unify()
-        .or(list)
-        .unify()
-        .or(patch)
-        .unify()
-        .or(audit)
-        .unify()
-        .boxed()
-}
-
-fn respond(r: Result<Response, ApiError>) -> Response {
-    super::respond(r)
-}
-
-/// The caller behind `Authorization: Bearer`, or why there is none; every
-/// admin route takes this and checks the role it needs.
-pub(super) fn bearer(state: Shared) -> BoxedFilter<(Result<Actor, ApiError>,)> {
-    warp::header::optional::<String>("authorization")
-        .and(with_state(state))
-        .map(|h: Option<String>, state: Shared| authenticate(&state, h.as_deref()))
-        .boxed()
-}
-
-/// Hashes the presented token and compares it with every configured hash in
-/// constant time, so neither timing nor logs reveal a token.
-fn authenticate(state: &Shared, header: Option<&str>) -> Result<Actor, ApiError> {
-    let token = header
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send Authorization: Bearer <token>; make a token with `firmcast admin token`",
-            )
-        })?;
-    let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let mut found = None;
-    for (name, role, hash) in &state.tokens {
-        if bool::from(presented.ct_eq(hash)) {
-            found = Some(Actor {
-                name: name.clone(),
-                role: *role,
-            });
-        }
-    }
-    found.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the token is not configured on this server; check FIRMCAST_TOKEN",
-        )
-    })
-}
-
-pub(super) fn require(actor: Result<Actor, ApiError>, role: Role) -> Result<Actor, ApiError> {
-    let actor = actor?;
-    if actor.role < role {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "token {:?} has role {:?}; this needs {:?}",
-                actor.name, actor.role, role
-            ),
-        ));
-    }
-    Ok(actor)
-}
-
-pub(super) fn check_names(product: &str, version: &str) -> Result<semver::Version, ApiError> {
-    firmcast_signing::names::validate_product(product)
-        .map_err(|e| ApiError::bad_request("bad_product", e.to_string()))?;
-    firmcast_signing::names::parse_version(version)
-        .map_err(|e| ApiError::bad_request("bad_version", e.to_string()))
-}
-
-pub(super) async fn audit(
-    state: &Shared,
+/// `PUT /v1/admin/artifacts/{product}/{version}`: the firmware bytes,
+/// streamed into the blob store with their sha256 computed on the way.
+pub async fn upload(
+    api: &Api,
     actor: &Actor,
-    action: &str,
-    target: String,
-    detail: serde_json::Value,
-) -> Result<(), ApiError> {
-    let entry = AuditEntry {
-        id: 0,
-        at: Utc::now(),
-        actor: actor.name.clone(),
-        action: action.to_owned(),
-        target,
-        detail,
-    };
-    state.state.append_audit(&entry).await?;
-    tracing::info!(actor = %actor.name, action, target = %entry.target, "admin action");
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn upload_artifact(
-    product: String,
-    version: String,
-    actor: Result<Actor, ApiError>,
-    content_type: Option<String>,
-    content_length: Option<u64>,
-    body: impl futures_util::Stream<Item = Result<impl Buf, warp::Error>> + Send + 'static,
-    state: Shared,
+    product: &str,
+    version: &str,
+    parts: &Parts,
+    body: &mut RequestBody,
 ) -> Result<Response, ApiError> {
-    let actor = require(actor, Role::Publisher)?;
-    let version = check_names(&product, &version)?;
-    if content_type
-        .as_deref()
-        .map(|c| c.split(';').next().unwrap_or("").trim())
-        != Some("application/octet-stream")
-    {
+    let version = check_names(product, version)?;
+    let ct = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(HeaderValue::as_bytes);
+    let essence = ct.map(|c| c.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii());
+    if !essence.is_some_and(|e| e.eq_ignore_ascii_case(b"application/octet-stream")) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the firmware bytes with Content-Type: application/octet-stream",
         ));
     }
-    let max = state.settings.server.max_artifact_bytes;
-    if content_length.is_some_and(|l| l > max) {
+    let max = api.limits.max_artifact_bytes;
+    if super::content_length(&parts.headers)?.is_some_and(|l| l > max) {
         return Err(crate::blob::BlobError::TooLarge { limit: max }.into());
     }
-    let stream: ByteStream = Box::pin(body.map(|r| {
-        r.map(|mut b| b.copy_to_bytes(b.remaining()))
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    }));
-    let (stream, rest) = super::drain::split(stream);
-    let info = match state.blobs.put(stream, max).await {
-        Ok(info) => info,
-        Err(e) => {
-            rest.drain().await;
-            return Err(e.into());
-        }
-    };
-    audit(
-        &state,
-        &actor,
-        "artifact.upload",
-        format!("{product} {version}"),
-        serde_json::json!({"sha256": info.sha256, "size": info.size}),
-    )
-    .await?;
-    Ok(json_response(
-        StatusCode::CREATED,
-        serde_json::to_vec(&info).expect("serializes"),
-    ))
+    let info = api.blobs.put(body.stream(), max).await?;
+    api.releases
+        .audit(
+            actor,
+            "artifact.upload",
+            format!("{product} {version}"),
+            serde_json::json!({"sha256": info.sha256, "size": info.size}),
+        )
+        .await?;
+    Ok(json(StatusCode::CREATED, &info))
 }
 
 #[derive(Deserialize)]
@@ -234,7 +70,7 @@ fn full_rollout() -> f64 {
     100.0
 }
 
-fn rollout_bp(percent: f64) -> Result<u16, ApiError> {
+pub(crate) fn rollout_bp(percent: f64) -> Result<u16, ApiError> {
     if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
         return Err(ApiError::bad_request(
             "bad_rollout",
@@ -244,68 +80,16 @@ fn rollout_bp(percent: f64) -> Result<u16, ApiError> {
     Ok((percent * 100.0).round() as u16)
 }
 
-/// The admin view of a release.
-#[derive(Serialize)]
-pub struct ReleaseView {
-    product: String,
-    version: String,
-    channel: String,
-    seq: u64,
-    sha256: String,
-    size: u64,
-    rollout: f64,
-    paused: bool,
-    yanked: bool,
-    critical: bool,
-    published_at: chrono::DateTime<Utc>,
-    published_by: String,
-    updated_at: chrono::DateTime<Utc>,
-}
-
-fn view(s: &StoredRelease) -> Result<ReleaseView, ApiError> {
-    let manifest = Envelope::parse(s.envelope.as_bytes())
-        .and_then(|e| ReleaseManifest::parse(&e.payload))
-        .map_err(|e| {
-            ApiError::internal(format!(
-                "stored release {} {} is unreadable: {e}",
-                s.product, s.version
-            ))
-        })?;
-    Ok(ReleaseView {
-        product: s.product.clone(),
-        version: s.version.clone(),
-        channel: s.channel.clone(),
-        seq: s.seq,
-        sha256: manifest.artifact.sha256,
-        size: manifest.artifact.size,
-        rollout: f64::from(s.rollout_bp) / 100.0,
-        paused: s.paused,
-        yanked: s.yanked,
-        critical: manifest.critical,
-        published_at: s.published_at,
-        published_by: s.published_by.clone(),
-        updated_at: s.updated_at,
-    })
-}
-
-/// Rebuilds the changed product's part of the snapshot from the store.
-/// Serialized, so a slower refresh never installs a list read before a
-/// faster one's write.
-async fn refresh_catalog(state: &Shared, product: &str) -> Result<(), ApiError> {
-    let _one_at_a_time = state.catalog.refreshing.lock().await;
-    let releases = state.state.list_releases(Some(product)).await?;
-    state.catalog.replace_product(product, releases);
-    Ok(())
-}
-
-async fn publish(
-    actor: Result<Actor, ApiError>,
-    body: Result<Bytes, ApiError>,
-    state: Shared,
+/// `POST /v1/admin/releases`.
+pub async fn publish(
+    api: &Api,
+    actor: &Actor,
+    parts: &Parts,
+    body: &mut RequestBody,
 ) -> Result<Response, ApiError> {
-    let actor = require(actor, Role::Publisher)?;
-    let result = publish_inner(&actor, body?, &state).await;
-    state.metrics.publish(if result.is_ok() {
+    let body = read_json_body(&parts.headers, body, MAX_JSON_BODY).await?;
+    let result = publish_inner(api, actor, &body).await;
+    api.metrics.publish(if result.is_ok() {
         "published"
     } else {
         "refused"
@@ -313,59 +97,20 @@ async fn publish(
     result
 }
 
-async fn publish_inner(actor: &Actor, body: Bytes, state: &Shared) -> Result<Response, ApiError> {
-    let req: PublishRequest = parse_json(&body)?;
-    let bp = rollout_bp(req.rollout)?;
-    let env = Envelope::from_value(req.release)?;
-    let manifest = state.catalog.keyset().verify_release(&env)?;
-    match state.blobs.stat(&manifest.artifact.sha256).await? {
-        None => {
-            return Err(ApiError::conflict(
-                "artifact_missing",
-                format!(
-                    "no uploaded artifact has sha256 {}; upload the firmware first (PUT /v1/admin/artifacts/{}/{}, or `firmcast release publish`)",
-                    manifest.artifact.sha256, manifest.product, manifest.version
-                ),
-            ))
-        }
-        Some(size) if size != manifest.artifact.size => {
-            return Err(ApiError::conflict(
-                "artifact_mismatch",
-                format!("the stored artifact has {size} bytes, the release signed {}; re-sign the release", manifest.artifact.size),
-            ))
-        }
-        Some(_) => {}
-    }
-    let now = Utc::now();
-    let stored = StoredRelease {
-        product: manifest.product.clone(),
-        version: manifest.version.to_string(),
-        channel: manifest.channel.clone(),
-        seq: manifest.seq,
-        envelope: String::from_utf8(env.to_json_bytes()).expect("JSON is UTF-8"),
-        rollout_bp: bp,
+async fn publish_inner(api: &Api, actor: &Actor, body: &[u8]) -> Result<Response, ApiError> {
+    let req: PublishRequest = parse_json(body)?;
+    let publish = Publish {
+        rollout_bp: rollout_bp(req.rollout)?,
         paused: req.paused,
-        yanked: false,
-        seed: rand::random(),
-        published_at: now,
-        published_by: actor.name.clone(),
-        updated_at: now,
+        envelope: Envelope::from_value(req.release)?,
     };
-    state.state.insert_release(&stored).await?;
-    audit(
-        state,
-        actor,
-        "release.publish",
-        format!("{} {}", stored.product, stored.version),
-        serde_json::json!({"seq": stored.seq, "channel": stored.channel, "sha256": manifest.artifact.sha256, "rollout": req.rollout, "paused": req.paused}),
-    )
-    .await?;
-    refresh_catalog(state, &stored.product).await?;
-    if state.settings.push.auto_notify && bp == 10_000 && !req.paused {
+    let (bp, paused) = (publish.rollout_bp, publish.paused);
+    let stored = api.releases.publish(actor, publish).await?;
+    if api.limits.auto_notify && bp == 10_000 && !paused {
         // The release is live for everyone: tell its subscribers. A failure
         // here does not undo the publish; `release notify` can start it later.
         match crate::fanout::jobs::start(
-            &state.push,
+            &api.push,
             &stored.product,
             &stored.version,
             false,
@@ -381,10 +126,7 @@ async fn publish_inner(actor: &Actor, body: Bytes, state: &Shared) -> Result<Res
             }
         }
     }
-    Ok(json_response(
-        StatusCode::CREATED,
-        serde_json::to_vec(&view(&stored)?).expect("serializes"),
-    ))
+    Ok(json(StatusCode::CREATED, &ReleaseView::of(&stored)?))
 }
 
 #[derive(Deserialize)]
@@ -393,27 +135,17 @@ struct ListQuery {
     product: Option<String>,
 }
 
-async fn list_releases(
-    actor: Result<Actor, ApiError>,
-    q: Result<ListQuery, ApiError>,
-    state: Shared,
-) -> Result<Response, ApiError> {
-    require(actor, Role::Publisher)?;
-    let q = q?;
+/// `GET /v1/admin/releases?product=`.
+pub async fn list(releases: &Releases, parts: &Parts) -> Result<Response, ApiError> {
+    let q: ListQuery = query(parts)?;
     if let Some(p) = &q.product {
         firmcast_signing::names::validate_product(p)
             .map_err(|e| ApiError::bad_request("bad_product", e.to_string()))?;
     }
-    let releases = state
-        .state
-        .list_releases(q.product.as_deref())
-        .await?
-        .iter()
-        .map(view)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(json_response(
+    let releases = releases.list(q.product.as_deref()).await?;
+    Ok(json(
         StatusCode::OK,
-        serde_json::to_vec(&serde_json::json!({"releases": releases})).expect("serializes"),
+        &serde_json::json!({ "releases": releases }),
     ))
 }
 
@@ -425,16 +157,18 @@ struct PatchRequest {
     yanked: Option<bool>,
 }
 
-async fn patch_release(
-    product: String,
-    version: String,
-    actor: Result<Actor, ApiError>,
-    body: Result<Bytes, ApiError>,
-    state: Shared,
+/// `PATCH /v1/admin/releases/{product}/{version}`.
+pub async fn patch(
+    releases: &Releases,
+    actor: &Actor,
+    product: &str,
+    version: &str,
+    parts: &Parts,
+    body: &mut RequestBody,
 ) -> Result<Response, ApiError> {
-    let actor = require(actor, Role::Publisher)?;
-    let version = check_names(&product, &version)?.to_string();
-    let req: PatchRequest = parse_json(&body?)?;
+    let version = check_names(product, version)?.to_string();
+    let body = read_json_body(&parts.headers, body, MAX_JSON_BODY).await?;
+    let req: PatchRequest = parse_json(&body)?;
     let patch = ReleasePatch {
         rollout_bp: req.rollout.map(rollout_bp).transpose()?,
         paused: req.paused,
@@ -446,36 +180,8 @@ async fn patch_release(
             "send at least one of rollout, paused, yanked",
         ));
     }
-    let current = state
-        .state
-        .get_release(&product, &version)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found("unknown_release", format!("no release {product} {version}"))
-        })?;
-    if current.yanked && req.yanked == Some(false) {
-        return Err(ApiError::conflict(
-            "yanked",
-            "a yanked release stays yanked; publish a new version with a higher seq instead",
-        ));
-    }
-    let updated = state
-        .state
-        .update_release(&product, &version, &patch, Utc::now())
-        .await?;
-    audit(
-        &state,
-        &actor,
-        "release.patch",
-        format!("{product} {version}"),
-        serde_json::json!({"rollout": req.rollout, "paused": req.paused, "yanked": req.yanked}),
-    )
-    .await?;
-    refresh_catalog(&state, &product).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&view(&updated)?).expect("serializes"),
-    ))
+    let updated = releases.patch(actor, product, &version, patch).await?;
+    Ok(json(StatusCode::OK, &ReleaseView::of(&updated)?))
 }
 
 #[derive(Deserialize)]
@@ -485,15 +191,11 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-async fn list_audit(
-    actor: Result<Actor, ApiError>,
-    q: Result<AuditQuery, ApiError>,
-    state: Shared,
-) -> Result<Response, ApiError> {
-    require(actor, Role::Admin)?;
-    let q = q?;
+/// `GET /v1/admin/audit?before=&limit=`: newest first.
+pub async fn audit(releases: &Releases, parts: &Parts) -> Result<Response, ApiError> {
+    let q: AuditQuery = query(parts)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let entries = state.state.list_audit(q.before, limit).await?;
+    let entries = releases.store().list_audit(q.before, limit).await?;
     Ok(json_response(
         StatusCode::OK,
         serde_json::to_vec(&serde_json::json!({"entries": entries})).expect("serializes"),

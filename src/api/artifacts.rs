@@ -2,60 +2,51 @@
 //! large chunks; the ETag is the sha256 the release signed.
 
 use super::range::{self, RangeRequest};
-use super::{with_state, Shared};
+use super::{check_names, Api};
+use crate::edge::body::Body;
+use crate::edge::Response;
 use crate::error::ApiError;
 use futures_util::StreamExt;
-use warp::filters::BoxedFilter;
-use warp::http::{header, HeaderValue, Method, StatusCode};
-use warp::reply::Response;
-use warp::Filter;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::StatusCode;
 
-pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
-    warp::path!("v1" / "artifacts" / String / String)
-        .and(warp::get().or(warp::head()).unify())
-        .and(warp::method())
-        .and(lenient_header("range"))
-        .and(lenient_header("if-range"))
-        .and(with_state(state))
-        .then(
-            |product, version, method, range, if_range, state| async move {
-                download(method, product, version, range, if_range, state)
-                    .await
-                    .unwrap_or_else(ApiError::into_response)
-            },
-        )
-        .boxed()
+/// A header as text, `None` when absent. Bytes beyond visible ASCII do not
+/// make the request a 400: a Range the server cannot read is ignored and
+/// such an If-Range never matches, so the client gets the whole file
+/// (RFC 9110 14.2, 13.1.5).
+fn lenient_header(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
-/// A header as text, `None` when absent. Unlike `warp::header::optional`,
-/// bytes beyond visible ASCII do not reject the request with a 400: a Range
-/// the server cannot read is ignored and such an If-Range never matches, so
-/// the client gets the whole file (RFC 9110 14.2, 13.1.5).
-fn lenient_header(
-    name: &'static str,
-) -> impl Filter<Extract = (Option<String>,), Error = std::convert::Infallible> + Clone {
-    warp::header::headers_cloned().map(move |h: warp::http::HeaderMap| {
-        h.get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    })
+/// Whether a list of entity tags (`If-Match`, `If-None-Match`) names
+/// `etag`; `*` names any. Weak tags compare by their opaque part: the
+/// artifact's tag is its sha256, the same for every representation.
+fn names_tag(headers: &HeaderMap, name: header::HeaderName, etag: &str) -> Option<bool> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    Some(values.any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|t| {
+            let t = t.trim_ascii();
+            t == b"*" || t.strip_prefix(b"W/").unwrap_or(t) == etag.as_bytes()
+        })
+    }))
 }
 
-async fn download(
-    method: Method,
-    product: String,
-    version: String,
-    range_header: Option<String>,
-    if_range: Option<String>,
-    state: Shared,
+/// `GET|HEAD /v1/artifacts/{product}/{version}`.
+pub async fn download(
+    api: &Api,
+    product: &str,
+    version: &str,
+    head: bool,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    firmcast_signing::names::validate_product(&product)
-        .map_err(|e| ApiError::bad_request("bad_product", e.to_string()))?;
-    let version = firmcast_signing::names::parse_version(&version)
-        .map_err(|e| ApiError::bad_request("bad_version", e.to_string()))?;
+    let version = check_names(product, version)?;
     let (sha256, size) = {
-        let snap = state.catalog.load();
+        let snap = api.catalog.load();
         let release = snap
-            .product(&product)
+            .product(product)
             .and_then(|p| p.release(&version))
             .ok_or_else(|| {
                 ApiError::not_found("unknown_release", format!("no release {product} {version}"))
@@ -72,10 +63,29 @@ async fn download(
             release.manifest.artifact.size,
         )
     };
-    if state.settings.blob.delivery == crate::config::Delivery::Redirect {
-        let expiry = std::time::Duration::from_secs(state.settings.blob.s3.presign_expiry_secs);
-        if let Some(url) = state.blobs.presigned_url(&sha256, expiry).await? {
-            let mut resp = Response::new(bytes::Bytes::new().into());
+    let etag = format!("\"{sha256}\"");
+    // Conditional requests (RFC 9110 13.2.2): If-Match first, then
+    // If-None-Match; a resumed download's If-Range is read below.
+    if names_tag(headers, header::IF_MATCH, &etag) == Some(false) {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            format!("{product} {version} now has ETag {etag}; download it again from the start"),
+        ));
+    }
+    if names_tag(headers, header::IF_NONE_MATCH, &etag) == Some(true) {
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        set_validators(&mut resp, &etag);
+        return Ok(resp);
+    }
+    if api.limits.delivery == crate::config::Delivery::Redirect {
+        if let Some(url) = api
+            .blobs
+            .presigned_url(&sha256, api.limits.presign_expiry)
+            .await?
+        {
+            let mut resp = Response::new(Body::empty());
             *resp.status_mut() = StatusCode::FOUND;
             let h = resp.headers_mut();
             let location = HeaderValue::from_str(&url)
@@ -86,9 +96,9 @@ async fn download(
             return Ok(resp);
         }
     }
-    let etag = format!("\"{sha256}\"");
     // A resumed download must be of the same bytes; otherwise send it all.
-    let range_header = match if_range {
+    let range_header = lenient_header(headers, header::RANGE);
+    let range_header = match lenient_header(headers, header::IF_RANGE) {
         Some(tag) if tag != etag => None,
         _ => range_header,
     };
@@ -106,20 +116,20 @@ async fn download(
         }
     };
     let len = span.end - span.start;
-    let mut resp = if method == Method::HEAD {
-        Response::new(bytes::Bytes::new().into())
+    let mut resp = if head {
+        Response::new(Body::empty())
     } else {
-        let metrics = state.clone();
-        let stream = state
+        let metrics = api.metrics.clone();
+        let stream = api
             .blobs
             .get(&sha256, span.clone())
             .await?
             .inspect(move |chunk| {
                 if let Ok(c) = chunk {
-                    metrics.metrics.bytes_served(c.len() as u64);
+                    metrics.bytes_served(c.len() as u64);
                 }
             });
-        warp::Reply::into_response(warp::reply::stream(sync_wrapper::SyncStream::new(stream)))
+        Response::new(Body::Stream(Box::pin(stream)))
     };
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -129,13 +139,8 @@ async fn download(
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, v);
-    }
+    set_validators(&mut resp, &etag);
+    let h = resp.headers_mut();
     if status == StatusCode::PARTIAL_CONTENT {
         let cr = format!("bytes {}-{}/{size}", span.start, span.end - 1);
         h.insert(
@@ -144,4 +149,16 @@ async fn download(
         );
     }
     Ok(resp)
+}
+
+/// Artifacts are immutable and named by their sha256: cache for ever.
+fn set_validators(resp: &mut Response, etag: &str) {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
 }

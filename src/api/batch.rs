@@ -1,85 +1,39 @@
 //! The batch check, `POST /v1/updates`: the app and its paired devices in
 //! one request. The usual body is read by hand and the answer written into
-//! one buffer sized up front (callgrind: 32.2k -> 24.7k instructions for 3
-//! items); anything unusual is read by serde and answered the same way.
+//! one buffer sized up front; anything unusual is read by serde and
+//! answered the same way.
 
 use super::updates::{put_answer, resolve, Answer, DEFAULT_CHANNEL, MAX_BATCH};
-use super::{json_response, parse_json, respond, AppState, Shared, MAX_JSON_BODY};
+use super::{json_response, parse_json, MAX_JSON_BODY};
+use crate::catalog::Catalog;
+use crate::edge::body::RequestBody;
+use crate::edge::Response;
 use crate::error::ApiError;
-use bytes::Bytes;
+use crate::metrics::Metrics;
+use hyper::header::{self, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::StatusCode;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::net::IpAddr;
-use warp::http::{header, HeaderValue, StatusCode};
-use warp::reply::Response;
 
-/// What [`plain_batch`] read from the headers, for [`fast_batch`]; the
-/// error boxed, as this rides in every batch request's future.
-pub struct BatchHead(Result<(), Box<ApiError>>);
-
-/// `POST /v1/updates` whose headers parse as warp would parse them: the
-/// batch check can then be read without warp ([`fast_batch`]). Anything odd
-/// (a non-UTF-8 Content-Type, a malformed Content-Length) takes the warp
-/// route (`None`), so both answer alike.
-pub fn plain_batch<B>(req: &warp::http::Request<B>) -> Option<BatchHead> {
-    if req.method() != warp::http::Method::POST || req.uri().path() != "/v1/updates" {
-        return None;
-    }
-    let h = req.headers();
-    let ct = match h.get(header::CONTENT_TYPE) {
-        Some(v) => Some(v.to_str().ok()?),
-        None => None,
-    };
-    let len = match h.get(header::CONTENT_LENGTH) {
-        Some(v) => Some(v.to_str().ok()?.parse::<u64>().ok()?),
-        None => None,
-    };
+/// `POST /v1/updates`.
+pub async fn check_batch(
+    catalog: &Catalog,
+    metrics: &Metrics,
+    parts: &Parts,
+    body: &mut RequestBody,
+    ip: IpAddr,
+) -> Result<Response, ApiError> {
+    let h = &parts.headers;
+    let ct = h.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes);
+    let len = super::content_length(h)?;
     // What nearly every client sends needs no picking apart.
-    if ct == Some("application/json") && len.is_some_and(|l| l <= MAX_JSON_BODY) {
-        return Some(BatchHead(Ok(())));
+    if ct != Some(b"application/json") || len.is_none_or(|l| l > MAX_JSON_BODY) {
+        super::json_headers_ok(ct, len, MAX_JSON_BODY)?;
     }
-    Some(BatchHead(
-        super::json_headers_ok(ct, len, MAX_JSON_BODY).map_err(Box::new),
-    ))
-}
-
-/// The batch check for a request [`plain_batch`] accepted, given its body.
-pub async fn fast_batch<B>(body: B, head: BatchHead, ip: IpAddr, state: Shared) -> Response
-where
-    B: hyper::body::Body,
-    B::Error: std::fmt::Display,
-{
-    let body = match head.0 {
-        Ok(()) => read_body(body).await,
-        Err(e) => Err(*e),
-    };
-    check_batch(body, ip, state)
-}
-
-/// The body as [`super::read_limited`] reads it, but a body that came whole
-/// in one frame (the usual small batch) is taken as it is: no copy.
-async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
-where
-    B: hyper::body::Body,
-    B::Error: std::fmt::Display,
-{
-    use bytes::Buf;
-    use futures_util::StreamExt;
-    use http_body_util::BodyExt;
-    let mut body = std::pin::pin!(body);
-    let first = match body.as_mut().frame().await {
-        Some(Ok(frame)) => match frame.into_data() {
-            Ok(mut data) if body.is_end_stream() && data.remaining() as u64 <= MAX_JSON_BODY => {
-                return Ok(data.copy_to_bytes(data.remaining()));
-            }
-            Ok(data) => Some(Ok(data)),
-            Err(_trailers) => None,
-        },
-        Some(Err(e)) => Some(Err(e)),
-        None => None,
-    };
-    let rest = futures_util::stream::iter(first).chain(body.into_data_stream());
-    super::read_limited(rest, MAX_JSON_BODY).await
+    let body = super::read_body(body, MAX_JSON_BODY).await?;
+    batch_answer(&body, ip, catalog, metrics)
 }
 
 /// The batch body as serde reads it: any valid JSON of this shape, borrowed
@@ -129,11 +83,12 @@ enum Outcome<'a> {
     Error(usize),
 }
 
-pub(super) fn check_batch(body: Result<Bytes, ApiError>, ip: IpAddr, state: Shared) -> Response {
-    respond(body.and_then(|body| batch_answer(&body, ip, &state)))
-}
-
-fn batch_answer(body: &[u8], ip: IpAddr, state: &AppState) -> Result<Response, ApiError> {
+fn batch_answer(
+    body: &[u8],
+    ip: IpAddr,
+    catalog: &Catalog,
+    metrics: &Metrics,
+) -> Result<Response, ApiError> {
     let mut items = [Item::NONE; MAX_BATCH];
     let parsed: BatchRequest;
     let n = match std::str::from_utf8(body)
@@ -170,20 +125,18 @@ fn batch_answer(body: &[u8], ip: IpAddr, state: &AppState) -> Result<Response, A
 
     // Resolve every item first, so the answer is written into one buffer
     // of its exact size: no regrowth, and `Bytes` takes it without a copy.
-    let snap = state.catalog.load();
+    let snap = catalog.load();
     let mut outcomes = [Outcome::Error(0); MAX_BATCH];
     let mut errors = Vec::new();
     let mut size = RESULTS_OPEN.len() + RESULTS_CLOSE.len() + n - 1; // and n - 1 commas
     for (item, outcome) in items.iter().zip(&mut outcomes) {
         *outcome = match resolve(&snap, item.product, item.version, item.channel, ip) {
             Ok(a) => {
-                state
-                    .metrics
-                    .check(if a.offer.is_some() { "update" } else { "none" });
+                metrics.check(if a.offer.is_some() { "update" } else { "none" });
                 Outcome::Answer(a)
             }
             Err(e) => {
-                state.metrics.check("error");
+                metrics.check("error");
                 errors.push(e);
                 Outcome::Error(errors.len() - 1)
             }
@@ -420,6 +373,7 @@ fn put_str(put: &mut impl FnMut(&[u8]), s: &str, plain: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use proptest::prelude::*;
 
     /// The items serde reads from `body`, as `(product, version, channel)`.

@@ -1,56 +1,56 @@
 //! Notification jobs: start a release fan-out, watch its counters, cancel it.
 
-use super::admin::{audit, bearer, check_names, require, Actor};
-use super::{json_body, json_response, parse_json, with_state, Shared, MAX_JSON_BODY};
-use crate::config::Role;
+use super::{check_names, json, parse_json, read_json_body, Api, MAX_JSON_BODY};
+use crate::edge::body::RequestBody;
+use crate::edge::Response;
 use crate::error::ApiError;
-use crate::fanout::{Job, JobState};
-use bytes::Bytes;
-use serde::Deserialize;
-use warp::filters::BoxedFilter;
-use warp::http::StatusCode;
-use warp::reply::Response;
-use warp::Filter;
+use crate::fanout::{Job, JobState, PushStore};
+use crate::releases::Actor;
+use hyper::http::request::Parts;
+use hyper::StatusCode;
+use serde::{Deserialize, Serialize};
 
-pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
-    let auth = bearer(state.clone());
-    let notify = warp::path!("v1" / "admin" / "releases" / String / String / "notify")
-        .and(warp::post())
-        .and(auth.clone())
-        .and(json_body(MAX_JSON_BODY))
-        .and(with_state(state.clone()))
-        .then(|p, v, actor, body, state| async move {
-            super::respond(notify(p, v, actor, body, state).await)
-        });
-    let get = warp::path!("v1" / "admin" / "jobs" / String)
-        .and(warp::get())
-        .and(auth.clone())
-        .and(with_state(state.clone()))
-        .then(|id, actor, state| async move { super::respond(get_job(id, actor, state).await) });
-    let cancel = warp::path!("v1" / "admin" / "jobs" / String)
-        .and(warp::delete())
-        .and(auth)
-        .and(with_state(state))
-        .then(|id, actor, state| async move { super::respond(cancel_job(id, actor, state).await) });
-    notify.or(get).unify().or(cancel).unify().boxed()
+/// A job as the API shows it: `state` and `reason` side by side.
+#[derive(Serialize)]
+pub struct JobView<'a> {
+    id: &'a str,
+    product: &'a str,
+    version: &'a str,
+    dry_run: bool,
+    state: &'static str,
+    reason: Option<&'a str>,
+    total: u64,
+    sent: u64,
+    failed: u64,
+    removed: u64,
+    retried: u64,
+    batches_total: u64,
+    batches_done: u64,
+    created_at: chrono::DateTime<chrono::Utc>,
+    created_by: &'a str,
 }
 
-pub fn job_view(job: &Job) -> serde_json::Value {
-    let (state, reason) = match &job.state {
-        JobState::Planning => ("planning", None),
-        JobState::Running => ("running", None),
-        JobState::Done => ("done", None),
-        JobState::Cancelled => ("cancelled", None),
-        JobState::Failed(r) => ("failed", Some(r.as_str())),
-    };
-    let c = &job.counters;
-    serde_json::json!({
-        "id": job.id, "product": job.product, "version": job.version, "dry_run": job.dry_run,
-        "state": state, "reason": reason,
-        "total": c.total, "sent": c.sent, "failed": c.failed, "removed": c.removed, "retried": c.retried,
-        "batches_total": job.batches_total, "batches_done": job.batches_done,
-        "created_at": job.created_at, "created_by": job.created_by,
-    })
+impl<'a> JobView<'a> {
+    pub fn of(job: &'a Job) -> Self {
+        let c = &job.counters;
+        JobView {
+            id: &job.id,
+            product: &job.product,
+            version: &job.version,
+            dry_run: job.dry_run,
+            state: job.state.as_str(),
+            reason: job.state.reason(),
+            total: c.total,
+            sent: c.sent,
+            failed: c.failed,
+            removed: c.removed,
+            retried: c.retried,
+            batches_total: job.batches_total,
+            batches_done: job.batches_done,
+            created_at: job.created_at,
+            created_by: &job.created_by,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -63,20 +63,22 @@ struct NotifyRequest {
     force: bool,
 }
 
-async fn notify(
-    product: String,
-    version: String,
-    actor: Result<Actor, ApiError>,
-    body: Result<Bytes, ApiError>,
-    state: Shared,
+/// `POST /v1/admin/releases/{product}/{version}/notify`.
+pub async fn notify(
+    api: &Api,
+    actor: &Actor,
+    product: &str,
+    version: &str,
+    parts: &Parts,
+    body: &mut RequestBody,
 ) -> Result<Response, ApiError> {
-    let actor = require(actor, Role::Publisher)?;
-    let v = check_names(&product, &version)?;
-    let req: NotifyRequest = parse_json(&body?)?;
+    let v = check_names(product, version)?;
+    let body = read_json_body(&parts.headers, body, MAX_JSON_BODY).await?;
+    let req: NotifyRequest = parse_json(&body)?;
     let (yanked, paused, rollout_bp) = {
-        let snap = state.catalog.load();
+        let snap = api.catalog.load();
         let r = snap
-            .product(&product)
+            .product(product)
             .and_then(|p| p.release(&v))
             .ok_or_else(|| {
                 ApiError::not_found("unknown_release", format!("no release {product} {v}"))
@@ -98,17 +100,11 @@ async fn notify(
             ),
         ));
     }
-    let job = crate::fanout::jobs::start(
-        &state.push,
-        &product,
-        &v.to_string(),
-        req.dry_run,
-        &actor.name,
-    )
-    .await?;
-    audit(
-        &state,
-        &actor,
+    let job =
+        crate::fanout::jobs::start(&api.push, product, &v.to_string(), req.dry_run, &actor.name)
+            .await?;
+    api.releases.audit(
+        actor,
         "release.notify",
         format!("{product} {v}"),
         serde_json::json!({"job": job.id, "dry_run": req.dry_run, "force": req.force, "total": job.counters.total}),
@@ -116,10 +112,7 @@ async fn notify(
     .await?;
     let body =
         serde_json::json!({"job": job.id, "total": job.counters.total, "dry_run": job.dry_run});
-    Ok(json_response(
-        StatusCode::ACCEPTED,
-        serde_json::to_vec(&body).expect("serializes"),
-    ))
+    Ok(json(StatusCode::ACCEPTED, &body))
 }
 
 fn check_job_id(id: &str) -> Result<(), ApiError> {
@@ -133,45 +126,22 @@ fn check_job_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn get_job(
-    id: String,
-    actor: Result<Actor, ApiError>,
-    state: Shared,
-) -> Result<Response, ApiError> {
-    require(actor, Role::Publisher)?;
-    check_job_id(&id)?;
-    let job = state
-        .push
-        .get_job(&id)
+/// `GET /v1/admin/jobs/{id}`.
+pub async fn get(push: &dyn PushStore, id: &str) -> Result<Response, ApiError> {
+    check_job_id(id)?;
+    let job = push
+        .get_job(id)
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_job", format!("no job {id}")))?;
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&job_view(&job)).expect("serializes"),
-    ))
+    Ok(json(StatusCode::OK, &JobView::of(&job)))
 }
 
-async fn cancel_job(
-    id: String,
-    actor: Result<Actor, ApiError>,
-    state: Shared,
-) -> Result<Response, ApiError> {
-    let actor = require(actor, Role::Publisher)?;
-    check_job_id(&id)?;
-    if state.push.get_job(&id).await?.is_none() {
-        return Err(ApiError::not_found("unknown_job", format!("no job {id}")));
-    }
-    let job = state.push.set_job_state(&id, JobState::Cancelled).await?;
-    audit(
-        &state,
-        &actor,
-        "job.cancel",
-        id.clone(),
-        serde_json::json!({}),
-    )
-    .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&job_view(&job)).expect("serializes"),
-    ))
+/// `DELETE /v1/admin/jobs/{id}`: no batch starts after this answer.
+pub async fn cancel(api: &Api, actor: &Actor, id: &str) -> Result<Response, ApiError> {
+    check_job_id(id)?;
+    let job = api.push.set_job_state(id, JobState::Cancelled).await?;
+    api.releases
+        .audit(actor, "job.cancel", id.to_owned(), serde_json::json!({}))
+        .await?;
+    Ok(json(StatusCode::OK, &JobView::of(&job)))
 }

@@ -1,73 +1,72 @@
 //! Operations endpoints: liveness, readiness (each backend pinged with a
-//! deadline), Prometheus metrics.
+//! deadline, and whether the public pool is saturated), Prometheus metrics.
 
-use super::{json_response, with_state, Shared};
+use super::{json, json_response, Api};
+use crate::edge::body::Body;
+use crate::edge::Response;
+use hyper::header::{self, HeaderValue};
+use hyper::StatusCode;
 use std::time::Duration;
-use warp::filters::BoxedFilter;
-use warp::http::{header, HeaderValue, StatusCode};
-use warp::reply::Response;
-use warp::Filter;
 
 const PING_DEADLINE: Duration = Duration::from_secs(2);
 
-pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
-    let health = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()));
-    let ready = warp::path!("readyz")
-        .and(warp::get())
-        .and(with_state(state.clone()))
-        .then(readiness);
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(with_state(state))
-        .map(|state: Shared| {
-            let snap = state.catalog.load();
-            let mut text = state.metrics.render(snap.release_count(), snap.generation);
-            state.fanout.metrics.render(&mut text);
-            let mut resp = Response::new(text.into());
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            resp
-        });
-    health.or(ready).unify().or(metrics).unify().boxed()
+/// `GET /healthz`: the process answers.
+pub fn health() -> Response {
+    json_response(StatusCode::OK, &br#"{"status":"ok"}"#[..])
 }
 
-async fn readiness(state: Shared) -> Response {
-    let state_check = tokio::time::timeout(PING_DEADLINE, state.state.ping());
-    let blob_check = tokio::time::timeout(PING_DEADLINE, state.blobs.ping());
+/// `GET /metrics`: Prometheus text.
+pub fn metrics(api: &Api) -> Response {
+    let snap = api.catalog.load();
+    let mut text = api.metrics.render(snap.release_count(), snap.generation);
+    api.fanout.metrics.render(&mut text);
+    api.requests.render(&mut text);
+    let (public, ops) = api.admission.in_flight();
+    use std::fmt::Write;
+    let _ = writeln!(
+        text,
+        "# HELP firmcast_in_flight Requests holding a slot, by pool.\n# TYPE firmcast_in_flight gauge\nfirmcast_in_flight{{pool=\"public\"}} {public}\nfirmcast_in_flight{{pool=\"ops\"}} {ops}"
+    );
+    let mut resp = Response::new(Body::from(text));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// `GET /readyz`: 200 when every backend answers and the public pool has
+/// room; otherwise 503 naming what is wrong, so a load balancer sends new
+/// clients elsewhere.
+pub async fn readiness(api: &Api) -> Response {
+    let state = api.releases.store();
+    let state_check = tokio::time::timeout(PING_DEADLINE, state.ping());
+    let blob_check = tokio::time::timeout(PING_DEADLINE, api.blobs.ping());
     let (s, b) = tokio::join!(state_check, blob_check);
-    let describe = |ok: bool, err: String| if ok { "ok".to_owned() } else { err };
-    let s_ok = matches!(s, Ok(Ok(())));
-    let b_ok = matches!(b, Ok(Ok(())));
-    let s_msg = describe(
-        s_ok,
-        match s {
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer within 2 s".into(),
-            _ => String::new(),
-        },
-    );
-    let b_msg = describe(
-        b_ok,
-        match b {
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer within 2 s".into(),
-            _ => String::new(),
-        },
-    );
+    let status = |r: Result<Result<(), String>, tokio::time::error::Elapsed>| match r {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => e,
+        Err(_) => format!("no answer within {} s", PING_DEADLINE.as_secs()),
+    };
+    let s = status(s.map(|r| r.map_err(|e| e.to_string())));
+    let b = status(b.map(|r| r.map_err(|e| e.to_string())));
+    let saturated = api.admission.saturated();
+    let ready = s == "ok" && b == "ok" && !saturated;
+    let (public, _) = api.admission.in_flight();
     let body = serde_json::json!({
-        "ready": s_ok && b_ok,
-        "state": {"backend": state.state.backend(), "status": s_msg},
-        "blob": {"backend": state.blobs.backend(), "status": b_msg},
-        "catalog": {"releases": state.catalog.load().release_count()},
+        "ready": ready,
+        "state": {"backend": state.backend(), "status": s},
+        "blob": {"backend": api.blobs.backend(), "status": b},
+        "requests": {
+            "status": if saturated { "saturated" } else { "ok" },
+            "in_flight": public,
+        },
+        "catalog": {"releases": api.catalog.load().release_count()},
     });
-    let status = if s_ok && b_ok {
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json_response(status, serde_json::to_vec(&body).expect("serializes"))
+    json(code, &body)
 }

@@ -2,32 +2,17 @@
 //! and unregisters. Only the token, products, locale and a last-seen time are
 //! kept; never the address the request came from.
 
-use super::{json_body, json_response, parse_json, with_state, Shared, MAX_JSON_BODY};
+use super::{json, parse_json, read_json_body, MAX_JSON_BODY};
+use crate::edge::body::{Body, RequestBody};
+use crate::edge::Response;
 use crate::error::ApiError;
-use crate::fanout::{ProviderKind, Subscription};
-use bytes::Bytes;
+use crate::fanout::{ProviderKind, PushStore, Subscription};
+use hyper::http::request::Parts;
+use hyper::StatusCode;
 use serde::Deserialize;
-use warp::filters::BoxedFilter;
-use warp::http::StatusCode;
-use warp::reply::Response;
-use warp::Filter;
 
 /// A phone owns a handful of devices; more is abuse.
 pub const MAX_PRODUCTS: usize = 32;
-
-pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
-    let subscribe = warp::path!("v1" / "push" / "subscriptions")
-        .and(warp::post())
-        .and(json_body(MAX_JSON_BODY))
-        .and(with_state(state.clone()))
-        .then(|body, state| async move { super::respond(subscribe(body, state).await) });
-    let unsubscribe = warp::path!("v1" / "push" / "unsubscribe")
-        .and(warp::post())
-        .and(json_body(MAX_JSON_BODY))
-        .and(with_state(state))
-        .then(|body, state| async move { super::respond(unsubscribe(body, state).await) });
-    subscribe.or(unsubscribe).unify().boxed()
-}
 
 /// Token shapes as the providers issue them: APNs device tokens are hex
 /// (32 bytes today, longer allowed), FCM registration tokens are URL-safe
@@ -73,8 +58,14 @@ fn default_locale() -> String {
     "en".to_owned()
 }
 
-async fn subscribe(body: Result<Bytes, ApiError>, state: Shared) -> Result<Response, ApiError> {
-    let req: SubscribeRequest = parse_json(&body?)?;
+/// `POST /v1/push/subscriptions`: an idempotent upsert.
+pub async fn subscribe(
+    push: &dyn PushStore,
+    parts: &Parts,
+    body: &mut RequestBody,
+) -> Result<Response, ApiError> {
+    let body = read_json_body(&parts.headers, body, MAX_JSON_BODY).await?;
+    let req: SubscribeRequest = parse_json(&body)?;
     validate_token(req.provider, &req.token)?;
     firmcast_signing::names::validate_locale(&req.locale)
         .map_err(|e| ApiError::bad_request("bad_locale", e.to_string()))?;
@@ -101,12 +92,9 @@ async fn subscribe(body: Result<Bytes, ApiError>, state: Shared) -> Result<Respo
         locale: req.locale,
         last_seen: chrono::Utc::now(),
     };
-    state.push.upsert_subscription(&sub).await?;
+    push.upsert_subscription(&sub).await?;
     let body = serde_json::json!({"provider": sub.provider, "products": sub.products, "locale": sub.locale});
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&body).expect("serializes"),
-    ))
+    Ok(json(StatusCode::OK, &body))
 }
 
 #[derive(Deserialize)]
@@ -116,15 +104,18 @@ struct UnsubscribeRequest {
     token: String,
 }
 
-async fn unsubscribe(body: Result<Bytes, ApiError>, state: Shared) -> Result<Response, ApiError> {
-    let req: UnsubscribeRequest = parse_json(&body?)?;
+/// `POST /v1/push/unsubscribe`: 204, every trace of the token gone.
+pub async fn unsubscribe(
+    push: &dyn PushStore,
+    parts: &Parts,
+    body: &mut RequestBody,
+) -> Result<Response, ApiError> {
+    let body = read_json_body(&parts.headers, body, MAX_JSON_BODY).await?;
+    let req: UnsubscribeRequest = parse_json(&body)?;
     validate_token(req.provider, &req.token)?;
     // 204 whether or not it existed: the answer reveals nothing about a token.
-    state
-        .push
-        .remove_subscription(req.provider, &req.token)
-        .await?;
-    let mut resp = Response::new(Bytes::new().into());
+    push.remove_subscription(req.provider, &req.token).await?;
+    let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     Ok(resp)
 }

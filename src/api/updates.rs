@@ -1,75 +1,50 @@
 //! The update check, the hot path: answered from the catalog snapshot with
 //! pre-serialized offers and freshness statements; nothing is stored.
 
-use super::{client_ip, json_body, json_response, with_state, AppState, Shared, MAX_JSON_BODY};
-use crate::catalog::Snapshot;
+use super::json_response;
+use crate::catalog::{Catalog, Snapshot};
+use crate::edge::Response;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use bytes::Bytes;
-use serde::Deserialize;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::StatusCode;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::OnceLock;
-use warp::filters::BoxedFilter;
-use warp::http::{header, HeaderValue, StatusCode};
-use warp::reply::Response;
-use warp::Filter;
 
 pub const MAX_BATCH: usize = 32;
 
 /// The channel of a check that names none.
 pub(super) const DEFAULT_CHANNEL: &str = "stable";
 
-pub fn routes(state: Shared) -> BoxedFilter<(Response,)> {
-    let single = warp::path!("v1" / "updates" / String / String)
-        .and(warp::get())
-        .and(warp::query::<CheckQuery>())
-        .and(warp::header::optional::<String>("if-none-match"))
-        .and(client_ip())
-        .and(with_state(state.clone()))
-        .map(
-            |product: String,
-             version: String,
-             q: CheckQuery,
-             inm: Option<String>,
-             ip,
-             state: Shared| {
-                let channel = q.channel.as_deref();
-                check_update(&product, &version, channel, inm.as_deref(), ip, &state)
-            },
-        );
-    let batch = warp::path!("v1" / "updates")
-        .and(warp::post())
-        .and(json_body(MAX_JSON_BODY))
-        .and(client_ip())
-        .and(with_state(state.clone()))
-        .map(super::batch::check_batch);
-    let keys = warp::path!("v1" / "keys")
-        .and(warp::get())
-        .and(with_state(state.clone()))
-        .map(|state: Shared| keyset_reply(state.catalog.load().keyset_json.clone()));
-    let keys_at = warp::path!("v1" / "keys" / u64)
-        .and(warp::get())
-        .and(with_state(state))
-        .map(|version: u64, state: Shared| match state.catalog.keyset_at(version) {
-            Ok(json) => keyset_reply(json),
-            Err(held) => ApiError::not_found(
-                "unknown_keyset_version",
-                format!(
-                    "keyset version {version} is not kept by this server, which holds versions {} to {}; \
-                     a client older than that must be updated with the current root public key",
-                    held.start(),
-                    held.end()
-                ),
-            )
-            .into_response(),
-        });
-    single
-        .or(batch)
-        .unify()
-        .or(keys)
-        .unify()
-        .or(keys_at)
-        .unify()
-        .boxed()
+/// `GET /v1/keys`: the current keyset envelope.
+pub fn keys(catalog: &Catalog) -> Response {
+    keyset_reply(catalog.load().keyset_json.clone())
+}
+
+/// `GET /v1/keys/{version}`: a keyset of the rotation chain.
+pub fn keys_at(catalog: &Catalog, version: &str) -> Response {
+    let Ok(version) = version.parse::<u64>() else {
+        return ApiError::not_found(
+            "unknown_keyset_version",
+            format!("{version:?} is not a keyset version; versions are whole numbers from 1"),
+        )
+        .into_response();
+    };
+    match catalog.keyset_at(version) {
+        Ok(json) => keyset_reply(json),
+        Err(held) => ApiError::not_found(
+            "unknown_keyset_version",
+            format!(
+                "keyset version {version} is not kept by this server, which holds versions {} to {}; \
+                 a client older than that must be updated with the current root public key",
+                held.start(),
+                held.end()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// Keysets change only on rotation; a client re-reads them on every check.
@@ -138,81 +113,41 @@ pub(super) fn put_answer(put: &mut impl FnMut(&[u8]), a: &Answer<'_>) {
     put(a.freshness);
 }
 
-/// `GET /v1/updates/{product}/{version}` without warp's filter chain, for
-/// the plain requests every app sends; `None` for anything else, or a query
-/// needing decoding (percent-escapes, `+`, a repeated `channel`), which the
-/// warp route answers the same way. Saves a third of the instructions per
-/// check (callgrind, see bench/RESULTS.md).
-pub fn fast_check<B>(
-    req: &warp::http::Request<B>,
-    ip: IpAddr,
-    state: &AppState,
-) -> Option<Response> {
-    if req.method() != warp::http::Method::GET {
-        return None;
-    }
-    let (product, version) = req
-        .uri()
-        .path()
-        .strip_prefix("/v1/updates/")?
-        .split_once('/')?;
-    // Like warp's `String` segments: not percent-decoded.
-    let plain = |s: &str| !s.is_empty() && !s.contains('/');
-    if !plain(product) || !plain(version) {
-        return None;
-    }
-    let mut channel = None;
-    for pair in req.uri().query().unwrap_or("").split('&') {
-        if pair.contains(['%', '+']) || pair == "channel" {
-            return None;
-        }
-        if let Some(value) = pair.strip_prefix("channel=") {
-            if channel.replace(value).is_some() {
-                return None;
-            }
-        }
-    }
-    let mut inm = req.headers().get_all(header::IF_NONE_MATCH).iter();
-    let if_none_match = match (inm.next(), inm.next()) {
-        (None, _) => None,
-        (Some(v), None) => Some(v.to_str().ok()?),
-        (Some(_), Some(_)) => return None,
-    };
-    Some(check_update(
-        product,
-        version,
-        channel,
-        if_none_match,
-        ip,
-        state,
-    ))
-}
-
-fn check_update(
+/// `GET /v1/updates/{product}/{version}?channel=`: the hot path, answered
+/// from the snapshot with the whole answer cached per statement and offer.
+pub fn check(
+    catalog: &Catalog,
+    metrics: &Metrics,
     product: &str,
     version: &str,
-    channel: Option<&str>,
-    if_none_match: Option<&str>,
+    query: Option<&str>,
+    headers: &HeaderMap,
     ip: IpAddr,
-    state: &AppState,
 ) -> Response {
-    let channel = channel.unwrap_or(DEFAULT_CHANNEL);
-    let snap = state.catalog.load();
-    let answer = match resolve(&snap, product, version, channel, ip) {
-        Ok(a) => a,
+    let channel = match channel(query) {
+        Ok(c) => c,
         Err(e) => {
-            state.metrics.check("error");
+            metrics.check("error");
             return e.into_response();
         }
     };
-    state.metrics.check(if answer.offer.is_some() {
+    let channel = channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
+    let snap = catalog.load();
+    let answer = match resolve(&snap, product, version, channel, ip) {
+        Ok(a) => a,
+        Err(e) => {
+            metrics.check("error");
+            return e.into_response();
+        }
+    };
+    metrics.check(if answer.offer.is_some() {
         "update"
     } else {
         "none"
     });
     let etag = etag(snap.generation, answer.seq);
-    if if_none_match.map(str::as_bytes) == Some(etag.as_bytes()) {
-        let mut resp = Response::new(Vec::new().into());
+    if none_match(headers, &etag) {
+        let mut resp = Response::new(crate::edge::body::Body::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         set_cache_headers(&mut resp, etag);
         return resp;
@@ -224,6 +159,47 @@ fn check_update(
     let mut resp = json_response(StatusCode::OK, body);
     set_cache_headers(&mut resp, etag);
     resp
+}
+
+/// The check's one query parameter, `channel`; others are ignored, as
+/// caches and app versions add their own. Named twice it is a 400.
+fn channel(query: Option<&str>) -> Result<Option<Cow<'_, str>>, ApiError> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let twice = || ApiError::bad_request("bad_query", "channel is given twice; send it once");
+    let mut found = None;
+    if !query.contains(['%', '+']) {
+        // What apps send: nothing to decode, nothing to allocate.
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if key == "channel" && found.replace(Cow::Borrowed(value)).is_some() {
+                return Err(twice());
+            }
+        }
+        return Ok(found);
+    }
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key == "channel" && found.replace(value).is_some() {
+            return Err(twice());
+        }
+    }
+    Ok(found)
+}
+
+/// True when an `If-None-Match` names `etag` (or is `*`).
+fn none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    headers.get_all(header::IF_NONE_MATCH).iter().any(|v| {
+        v.as_bytes() == etag.as_bytes()
+            || v.as_bytes()
+                .split(|&b| b == b',')
+                .map(|t| t.trim_ascii())
+                .any(|t| {
+                    t == b"*"
+                        || t == etag.as_bytes()
+                        || t.strip_prefix(b"W/") == Some(etag.as_bytes())
+                })
+    })
 }
 
 /// `{"update":…,"freshness":…}`, exactly sized: `Bytes` then takes the
@@ -266,13 +242,6 @@ fn set_cache_headers(resp: &mut Response, etag: HeaderValue) {
         HeaderValue::from_static("private, max-age=60"),
     );
     h.insert(header::ETAG, etag);
-}
-
-/// The check's only query parameter; others are ignored, as caches and
-/// app versions add their own.
-#[derive(Deserialize)]
-struct CheckQuery {
-    channel: Option<String>,
 }
 
 #[cfg(test)]

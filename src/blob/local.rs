@@ -4,6 +4,7 @@
 
 use super::{BlobError, BlobInfo, BlobStore, ByteStream};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use std::ops::Range;
@@ -85,7 +86,7 @@ impl BlobStore for LocalBlobStore {
             })
     }
 
-    async fn put(&self, mut body: ByteStream, max: u64) -> Result<BlobInfo, BlobError> {
+    async fn put(&self, mut body: ByteStream<'_>, max: u64) -> Result<BlobInfo, BlobError> {
         let tmp_dir = self.root.join("tmp");
         let tmp = tempfile::Builder::new()
             .prefix("upload-")
@@ -116,7 +117,15 @@ impl BlobStore for LocalBlobStore {
         tokio::task::spawn_blocking(move || -> Result<(), BlobError> {
             std::fs::create_dir_all(&dir).map_err(io)?;
             if dest.exists() {
-                return Ok(()); // Immutable and content-addressed: same bytes.
+                // Content-addressed: the same bytes. Stored again, now, so the
+                // sweep of unpublished uploads counts from this upload.
+                let now = std::time::SystemTime::now();
+                std::fs::File::options()
+                    .write(true)
+                    .open(&dest)
+                    .and_then(|f| f.set_modified(now))
+                    .map_err(io)?;
+                return Ok(());
             }
             tmp_path.persist(&dest).map_err(|e| io(e.error))?;
             crate::files::sync_dir(&dir).map_err(io)
@@ -137,7 +146,7 @@ impl BlobStore for LocalBlobStore {
         }
     }
 
-    async fn get(&self, sha256: &str, range: Range<u64>) -> Result<ByteStream, BlobError> {
+    async fn get(&self, sha256: &str, range: Range<u64>) -> Result<ByteStream<'static>, BlobError> {
         let path = self.path_for(sha256)?;
         let len = range.end.saturating_sub(range.start);
         if len <= ONE_READ_MAX {
@@ -169,5 +178,39 @@ impl BlobStore for LocalBlobStore {
         Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
             reader, READ_CHUNK,
         )))
+    }
+
+    async fn list(&self) -> Result<Vec<(String, DateTime<Utc>)>, BlobError> {
+        let root = self.root.join("sha256");
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for shard in std::fs::read_dir(&root).map_err(io)? {
+                let shard = shard.map_err(io)?;
+                if !shard.file_type().map_err(io)?.is_dir() {
+                    continue;
+                }
+                for blob in std::fs::read_dir(shard.path()).map_err(io)? {
+                    let blob = blob.map_err(io)?;
+                    let name = blob.file_name().to_string_lossy().into_owned();
+                    if !firmcast_signing::digest::is_sha256_hex(&name) {
+                        continue;
+                    }
+                    let stored = blob.metadata().and_then(|m| m.modified()).map_err(io)?;
+                    out.push((name, DateTime::<Utc>::from(stored)));
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| BlobError::Io(e.to_string()))?
+    }
+
+    async fn delete(&self, sha256: &str) -> Result<(), BlobError> {
+        let path = self.path_for(sha256)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(e)),
+        }
     }
 }

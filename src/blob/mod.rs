@@ -3,16 +3,19 @@
 //! Keys are derived from the sha256 alone, never from a product or version
 //! name, so no request path can reach outside the store.
 
+pub mod gc;
 pub mod local;
 pub mod s3;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use std::ops::Range;
 use std::pin::Pin;
 
-pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+/// A stream of bytes: an upload read from a request, a download answered.
+pub type ByteStream<'a> = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + 'a>>;
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct BlobInfo {
@@ -47,14 +50,22 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Streams `body` in with at most `max` bytes, computing sha256 on the
     /// way; the blob becomes visible only once complete and durable. An
-    /// existing blob with the same hash is left as it is.
-    async fn put(&self, body: ByteStream, max: u64) -> Result<BlobInfo, BlobError>;
+    /// existing blob with the same hash keeps its bytes (they are the same)
+    /// and counts as stored now ([`BlobStore::list`]).
+    async fn put(&self, body: ByteStream<'_>, max: u64) -> Result<BlobInfo, BlobError>;
 
     /// The size of a stored blob, or None.
     async fn stat(&self, sha256: &str) -> Result<Option<u64>, BlobError>;
 
     /// Streams `range` of the blob (already clamped to its size by the caller).
-    async fn get(&self, sha256: &str, range: Range<u64>) -> Result<ByteStream, BlobError>;
+    async fn get(&self, sha256: &str, range: Range<u64>) -> Result<ByteStream<'static>, BlobError>;
+
+    /// Every stored blob's sha256 and when it was last stored (uploaded, or
+    /// uploaded again), for the sweep of uploads no release names.
+    async fn list(&self) -> Result<Vec<(String, DateTime<Utc>)>, BlobError>;
+
+    /// Removes a blob; absent is fine.
+    async fn delete(&self, sha256: &str) -> Result<(), BlobError>;
 
     /// A URL that serves the blob without credentials until `expiry`, for
     /// `blob.delivery = "redirect"`; None when the backend cannot make one.

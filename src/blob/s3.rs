@@ -36,6 +36,7 @@ use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 use std::ops::Range;
@@ -183,7 +184,7 @@ impl S3BlobStore {
     /// Reads `body` into parts and uploads them; see [`BlobStore::put`].
     async fn put_inner(
         &self,
-        body: &mut ByteStream,
+        body: &mut ByteStream<'_>,
         max: u64,
         pending: &mut Pending,
     ) -> Result<BlobInfo, BlobError> {
@@ -211,8 +212,10 @@ impl S3BlobStore {
         let key = self.key_for(&sha256).expect("a sha256 digest is valid hex");
 
         if parts.is_empty() {
-            // Small body, all in memory: one atomic PutObject to the final key.
-            if self.head(&key).await? != Some(size) {
+            // Small body, all in memory: one atomic PutObject to the final key
+            // (an existing blob holds the same bytes; writing it again marks
+            // it stored now, for the sweep of unpublished uploads).
+            {
                 self.client
                     .put_object()
                     .bucket(&self.bucket)
@@ -252,8 +255,9 @@ impl S3BlobStore {
         pending.upload_id = None;
         pending.temp_object = true;
 
-        // Immutable and content-addressed: an existing blob holds the same bytes.
-        if self.head(&key).await? != Some(size) {
+        // Content-addressed: an existing blob holds the same bytes; copying
+        // again marks it stored now, for the sweep of unpublished uploads.
+        {
             self.client
                 .copy_object()
                 .bucket(&self.bucket)
@@ -350,7 +354,7 @@ impl BlobStore for S3BlobStore {
             })
     }
 
-    async fn put(&self, mut body: ByteStream, max: u64) -> Result<BlobInfo, BlobError> {
+    async fn put(&self, mut body: ByteStream<'_>, max: u64) -> Result<BlobInfo, BlobError> {
         let max = max.min(MAX_OBJECT_BYTES);
         let mut pending = Pending {
             client: self.client.clone(),
@@ -373,7 +377,7 @@ impl BlobStore for S3BlobStore {
         }
     }
 
-    async fn get(&self, sha256: &str, range: Range<u64>) -> Result<ByteStream, BlobError> {
+    async fn get(&self, sha256: &str, range: Range<u64>) -> Result<ByteStream<'static>, BlobError> {
         let key = self.key_for(sha256).ok_or_else(|| not_found(sha256))?;
         if range.start >= range.end {
             // S3 has no empty byte range; answer from a HeadObject.
@@ -406,6 +410,46 @@ impl BlobStore for S3BlobStore {
             )));
         }
         Ok(into_stream(out.body, self.timeout))
+    }
+
+    async fn list(&self) -> Result<Vec<(String, DateTime<Utc>)>, BlobError> {
+        let prefix = format!("{}sha256/", self.prefix);
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_error("ListObjectsV2", e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let name = key.rsplit('/').next().unwrap_or("");
+                if !firmcast_signing::digest::is_sha256_hex(name) {
+                    continue;
+                }
+                let stored = object
+                    .last_modified()
+                    .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+                    .unwrap_or_else(Utc::now);
+                out.push((name.to_owned(), stored));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, sha256: &str) -> Result<(), BlobError> {
+        let key = self.key_for(sha256).ok_or_else(|| not_found(sha256))?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| sdk_error("DeleteObject", e))
     }
 }
 
@@ -528,7 +572,7 @@ fn copy_source(bucket: &str, key: &str) -> String {
 
 /// The SDK's body as our stream, chunk by chunk; a stall longer than `idle`
 /// ends it with an error instead of hanging the download.
-fn into_stream(body: SdkByteStream, idle: Duration) -> ByteStream {
+fn into_stream(body: SdkByteStream, idle: Duration) -> ByteStream<'static> {
     Box::pin(futures_util::stream::unfold(
         Some(body),
         move |body| async move {

@@ -267,8 +267,6 @@ pub struct Catalog {
     public_url: String,
     /// Serializes rebuilds so an older one never replaces a newer one.
     rebuild: Mutex<()>,
-    /// Held by whoever reads the store to refresh a product, until installed.
-    pub refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Catalog {
@@ -278,7 +276,6 @@ impl Catalog {
             signer,
             public_url,
             rebuild: Mutex::new(()),
-            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -3,23 +3,20 @@
 //! several instances the Redis store's consumer group shares the queue.
 
 use super::store::{
-    member_key, Batch, Claimed, Job, JobCounters, JobState, ProviderKind, PushStore, Subscription,
+    member_key, Batch, Claimed, Job, JobCounters, JobState, ProviderKind, PushError, PushStore,
+    Subscription,
 };
-use crate::state::embedded::{encode, DbResult};
-use crate::state::StateError;
+use crate::storage::embedded::{encode, DbResult, EmbeddedDb};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// redb's page cache (1 GiB by default). A fan-out walks the index once;
 /// caching all of it would grow RSS with the token count.
 const CACHE_BYTES: usize = 64 << 20;
-
-const BACKEND: &str = "embedded";
 
 /// member key (`provider:token`) -> Subscription JSON.
 const SUBS: TableDefinition<&str, &str> = TableDefinition::new("subscriptions");
@@ -50,26 +47,20 @@ struct InFlight {
 }
 
 pub struct EmbeddedPushStore {
-    db: Arc<Database>,
+    db: EmbeddedDb,
 }
 
-fn decode<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StateError> {
-    crate::state::embedded::decode(s, || "push store record".to_owned())
+fn decode<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, PushError> {
+    Ok(crate::storage::embedded::decode(s, || {
+        "push store record".to_owned()
+    })?)
 }
 
 impl EmbeddedPushStore {
-    pub fn open(path: &Path) -> Result<Self, StateError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StateError::Unavailable {
-                backend: BACKEND,
-                reason: format!("cannot create {}: {e}", dir.display()),
-            })?;
-        }
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .db()?;
-        let txn = db.begin_write().db()?;
+    /// The store on an opened file, its tables created when missing (and
+    /// the last-seen index of an older file built). Blocking.
+    pub fn new(db: EmbeddedDb) -> Result<Self, PushError> {
+        let txn = db.database().begin_write().db()?;
         txn.open_table(SUBS).db()?;
         txn.open_table(INDEX).db()?;
         txn.open_table(JOBS).db()?;
@@ -78,20 +69,19 @@ impl EmbeddedPushStore {
         txn.open_table(META).db()?;
         build_seen_index(&txn)?;
         txn.commit().db()?;
-        Ok(EmbeddedPushStore { db: Arc::new(db) })
+        Ok(EmbeddedPushStore { db })
+    }
+
+    /// Opens the file at `path` on its own (tools and tests).
+    pub fn open(path: &Path) -> Result<Self, PushError> {
+        Self::new(EmbeddedDb::open(path, CACHE_BYTES)?)
     }
 
     async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T, StateError> + Send + 'static,
-    ) -> Result<T, StateError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| StateError::Unavailable {
-                backend: BACKEND,
-                reason: format!("store task failed: {e}"),
-            })?
+        f: impl FnOnce(&Database) -> Result<T, PushError> + Send + 'static,
+    ) -> Result<T, PushError> {
+        self.db.run(f).await
     }
 }
 
@@ -106,7 +96,7 @@ fn seen_key(at: DateTime<Utc>) -> i64 {
 
 /// Fills `SEEN` from the subscriptions of a store written before it
 /// existed; once (a flag in `META`), on open.
-fn build_seen_index(txn: &redb::WriteTransaction) -> Result<(), StateError> {
+fn build_seen_index(txn: &redb::WriteTransaction) -> Result<(), PushError> {
     let mut meta = txn.open_table(META).db()?;
     if meta.get(SEEN_BUILT).db()?.is_some() {
         return Ok(());
@@ -131,7 +121,7 @@ fn build_seen_index(txn: &redb::WriteTransaction) -> Result<(), StateError> {
     Ok(())
 }
 
-fn remove_sub(txn: &redb::WriteTransaction, member: &str) -> Result<bool, StateError> {
+fn remove_sub(txn: &redb::WriteTransaction, member: &str) -> Result<bool, PushError> {
     let mut subs = txn.open_table(SUBS).db()?;
     let Some(old) = subs.remove(member).db()? else {
         return Ok(false);
@@ -148,16 +138,16 @@ fn remove_sub(txn: &redb::WriteTransaction, member: &str) -> Result<bool, StateE
     Ok(true)
 }
 
-fn load_job(txn: &redb::WriteTransaction, id: &str) -> Result<Job, StateError> {
+fn load_job(txn: &redb::WriteTransaction, id: &str) -> Result<Job, PushError> {
     let jobs = txn.open_table(JOBS).db()?;
-    let raw = jobs.get(id).db()?.ok_or_else(|| StateError::NotFound {
-        product: "job".into(),
-        version: id.into(),
-    })?;
+    let raw = jobs
+        .get(id)
+        .db()?
+        .ok_or_else(|| PushError::UnknownJob { id: id.into() })?;
     decode(raw.value())
 }
 
-fn save_job(txn: &redb::WriteTransaction, job: &Job) -> Result<(), StateError> {
+fn save_job(txn: &redb::WriteTransaction, job: &Job) -> Result<(), PushError> {
     let mut jobs = txn.open_table(JOBS).db()?;
     jobs.insert(job.id.as_str(), encode(job).as_str()).db()?;
     Ok(())
@@ -165,7 +155,7 @@ fn save_job(txn: &redb::WriteTransaction, job: &Job) -> Result<(), StateError> {
 
 #[async_trait]
 impl PushStore for EmbeddedPushStore {
-    async fn upsert_subscription(&self, sub: &Subscription) -> Result<(), StateError> {
+    async fn upsert_subscription(&self, sub: &Subscription) -> Result<(), PushError> {
         let sub = sub.clone();
         self.run(move |db| {
             let member = member_key(sub.provider, &sub.token);
@@ -187,7 +177,7 @@ impl PushStore for EmbeddedPushStore {
                     .insert((seen_key(sub.last_seen), member.as_str()), ())
                     .db()?;
             }
-            txn.commit().db()
+            Ok(txn.commit().db()?)
         })
         .await
     }
@@ -196,7 +186,7 @@ impl PushStore for EmbeddedPushStore {
         &self,
         provider: ProviderKind,
         token: &str,
-    ) -> Result<bool, StateError> {
+    ) -> Result<bool, PushError> {
         let member = member_key(provider, token);
         self.run(move |db| {
             let txn = db.begin_write().db()?;
@@ -211,7 +201,7 @@ impl PushStore for EmbeddedPushStore {
         &self,
         provider: ProviderKind,
         token: &str,
-    ) -> Result<Option<Subscription>, StateError> {
+    ) -> Result<Option<Subscription>, PushError> {
         let member = member_key(provider, token);
         self.run(move |db| {
             let txn = db.begin_read().db()?;
@@ -229,7 +219,7 @@ impl PushStore for EmbeddedPushStore {
         product: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, StateError> {
+    ) -> Result<Vec<String>, PushError> {
         let (product, after) = (product.to_owned(), after.map(str::to_owned));
         self.run(move |db| {
             let txn = db.begin_read().db()?;
@@ -262,7 +252,7 @@ impl PushStore for EmbeddedPushStore {
         &self,
         product: &str,
         size: usize,
-    ) -> Result<(Vec<(String, String)>, u64), StateError> {
+    ) -> Result<(Vec<(String, String)>, u64), PushError> {
         let product = product.to_owned();
         let size = size.max(1) as u64;
         self.run(move |db| {
@@ -301,7 +291,7 @@ impl PushStore for EmbeddedPushStore {
         product: &str,
         first: &str,
         last: &str,
-    ) -> Result<Vec<Subscription>, StateError> {
+    ) -> Result<Vec<Subscription>, PushError> {
         let (product, first, last) = (product.to_owned(), first.to_owned(), last.to_owned());
         self.run(move |db| {
             let txn = db.begin_read().db()?;
@@ -322,7 +312,7 @@ impl PushStore for EmbeddedPushStore {
         .await
     }
 
-    async fn count_subscribers(&self, product: &str) -> Result<u64, StateError> {
+    async fn count_subscribers(&self, product: &str) -> Result<u64, PushError> {
         let product = product.to_owned();
         self.run(move |db| {
             let txn = db.begin_read().db()?;
@@ -339,7 +329,7 @@ impl PushStore for EmbeddedPushStore {
         .await
     }
 
-    async fn sweep_idle(&self, before: DateTime<Utc>) -> Result<u64, StateError> {
+    async fn sweep_idle(&self, before: DateTime<Utc>) -> Result<u64, PushError> {
         let mut removed = 0;
         loop {
             let round = self
@@ -385,17 +375,17 @@ impl PushStore for EmbeddedPushStore {
         }
     }
 
-    async fn put_job(&self, job: &Job) -> Result<(), StateError> {
+    async fn put_job(&self, job: &Job) -> Result<(), PushError> {
         let job = job.clone();
         self.run(move |db| {
             let txn = db.begin_write().db()?;
             save_job(&txn, &job)?;
-            txn.commit().db()
+            Ok(txn.commit().db()?)
         })
         .await
     }
 
-    async fn get_job(&self, id: &str) -> Result<Option<Job>, StateError> {
+    async fn get_job(&self, id: &str) -> Result<Option<Job>, PushError> {
         let id = id.to_owned();
         self.run(move |db| {
             let txn = db.begin_read().db()?;
@@ -408,7 +398,7 @@ impl PushStore for EmbeddedPushStore {
         .await
     }
 
-    async fn set_job_state(&self, id: &str, state: JobState) -> Result<Job, StateError> {
+    async fn set_job_state(&self, id: &str, state: JobState) -> Result<Job, PushError> {
         let id = id.to_owned();
         self.run(move |db| {
             let txn = db.begin_write().db()?;
@@ -423,7 +413,7 @@ impl PushStore for EmbeddedPushStore {
         .await
     }
 
-    async fn enqueue_all(&self, batches: &[Batch]) -> Result<(), StateError> {
+    async fn enqueue_all(&self, batches: &[Batch]) -> Result<(), PushError> {
         if batches.is_empty() {
             return Ok(());
         }
@@ -440,12 +430,12 @@ impl PushStore for EmbeddedPushStore {
                 }
                 meta.insert("queue_seq", seq).db()?;
             }
-            txn.commit().db()
+            Ok(txn.commit().db()?)
         })
         .await
     }
 
-    async fn claim(&self, consumer: &str, stale: Duration) -> Result<Option<Claimed>, StateError> {
+    async fn claim(&self, consumer: &str, stale: Duration) -> Result<Option<Claimed>, PushError> {
         let consumer = consumer.to_owned();
         self.run(move |db| {
             let now = Utc::now().timestamp_millis();
@@ -509,12 +499,13 @@ impl PushStore for EmbeddedPushStore {
         &self,
         claimed: &Claimed,
         delta: &JobCounters,
-    ) -> Result<Option<Job>, StateError> {
+    ) -> Result<Option<Job>, PushError> {
         let (claimed, delta) = (claimed.clone(), *delta);
         self.run(move |db| {
-            let seq: u64 = claimed.delivery.parse().map_err(|_| {
-                StateError::Corrupt(format!("bad delivery id {}", claimed.delivery))
-            })?;
+            let seq: u64 = claimed
+                .delivery
+                .parse()
+                .map_err(|_| PushError::Corrupt(format!("bad delivery id {}", claimed.delivery)))?;
             let txn = db.begin_write().db()?;
             let removed = txn.open_table(INFLIGHT).db()?.remove(seq).db()?.is_some();
             if !removed {
@@ -523,7 +514,7 @@ impl PushStore for EmbeddedPushStore {
             let mut job = match load_job(&txn, &claimed.batch.job_id) {
                 Ok(job) => job,
                 // The job is gone: the batch just leaves the queue.
-                Err(StateError::NotFound { .. }) => {
+                Err(PushError::UnknownJob { .. }) => {
                     txn.commit().db()?;
                     return Ok(None);
                 }

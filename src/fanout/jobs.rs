@@ -1,8 +1,7 @@
 //! Starting a notification job: count and cut a product's subscriber index
 //! into batches, record the job, queue the batches.
 
-use super::store::{Batch, Job, JobCounters, JobState, PushStore};
-use crate::state::StateError;
+use super::store::{Batch, Job, JobCounters, JobState, PushError, PushStore};
 use chrono::Utc;
 use std::sync::Arc;
 
@@ -25,7 +24,7 @@ pub async fn start(
     version: &str,
     dry_run: bool,
     actor: &str,
-) -> Result<Job, StateError> {
+) -> Result<Job, PushError> {
     let (ranges, total) = store.batch_ranges(product, BATCH_SIZE).await?;
     let job = Job {
         id: new_job_id(),

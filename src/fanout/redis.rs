@@ -61,9 +61,9 @@
 //!
 //! # Failures
 //!
-//! Operations run through the state store's connection handling
-//! ([`RedisStateStore::run`]): bounded by the store's timeout, mapped to
-//! `StateError::Unavailable { backend: "redis", .. }`, and reconnecting
+//! Operations run through the shared link ([`RedisLink::run`]): bounded by
+//! `state.redis_timeout_ms`, mapped to
+//! `PushError::Unavailable { backend: "redis", .. }`, and reconnecting
 //! after a broken or silent connection. `sweep_idle` is bounded per chunk.
 
 use std::collections::{BTreeSet, HashMap};
@@ -74,11 +74,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use redis::Script;
 
 use super::store::{
-    member_key, parse_member, Batch, Claimed, Job, JobCounters, JobState, ProviderKind, PushStore,
-    Subscription,
+    member_key, parse_member, Batch, Claimed, Job, JobCounters, JobState, ProviderKind, PushError,
+    PushStore, Subscription,
 };
-use crate::state::redis::{Conn, RedisStateStore};
-use crate::state::StateError;
+use crate::storage::redis::{Conn, RedisLink};
 
 /// The consumer group every instance's workers read the queue through.
 const GROUP: &str = "workers";
@@ -246,8 +245,8 @@ struct Scripts {
 
 /// See the module docs for the key layout, the write order and failures.
 pub struct RedisPushStore {
-    /// The state store's connection handling (deadline, reconnects).
-    link: RedisStateStore,
+    /// The shared connection (deadline, reconnects).
+    link: RedisLink,
     keys: Keys,
     scripts: Scripts,
     /// How long a writer lease lasts: past the deadline of the operation
@@ -269,23 +268,22 @@ enum Removal {
 
 impl RedisPushStore {
     /// Connects and proves Redis answers within `timeout`, like
-    /// [`RedisStateStore::connect`]; `timeout` bounds every later operation.
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StateError> {
-        let link = RedisStateStore::connect(url, prefix, timeout).await?;
-        Ok(Self::with_link(link, prefix, timeout))
+    /// [`RedisLink::connect`]; `timeout` bounds every later operation.
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, PushError> {
+        Ok(Self::new(RedisLink::connect(url, prefix, timeout).await?))
     }
 
     /// Like [`connect`](Self::connect) without the start-up round trip.
-    pub fn connect_lazy(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StateError> {
-        let link = RedisStateStore::connect_lazy(url, prefix, timeout)?;
-        Ok(Self::with_link(link, prefix, timeout))
+    pub fn connect_lazy(url: &str, prefix: &str, timeout: Duration) -> Result<Self, PushError> {
+        Ok(Self::new(RedisLink::connect_lazy(url, prefix, timeout)?))
     }
 
-    fn with_link(link: RedisStateStore, prefix: &str, timeout: Duration) -> Self {
+    /// The store on a shared link; its keys start with the link's prefix.
+    pub fn new(link: RedisLink) -> Self {
         Self {
+            lease: link.timeout() * 2,
+            keys: Keys::new(link.prefix()),
             link,
-            lease: timeout * 2,
-            keys: Keys::new(prefix),
             scripts: Scripts {
                 commit: Script::new(COMMIT_LUA),
                 set_state: Script::new(SET_STATE_LUA),
@@ -300,7 +298,7 @@ impl RedisPushStore {
         c: &mut Conn<'_>,
         member: &str,
         products: &[String],
-    ) -> Result<(), StateError> {
+    ) -> Result<(), PushError> {
         if products.is_empty() {
             return Ok(());
         }
@@ -312,7 +310,7 @@ impl RedisPushStore {
                 .arg(member)
                 .ignore();
         }
-        c.pipe(&pipe).await
+        Ok(c.pipe(&pipe).await?)
     }
 
     /// Takes the writer lease of each member it can (at once, no waiting);
@@ -322,7 +320,7 @@ impl RedisPushStore {
         c: &mut Conn<'_>,
         members: &[String],
         nonce: &str,
-    ) -> Result<Vec<bool>, StateError> {
+    ) -> Result<Vec<bool>, PushError> {
         let mut pipe = redis::pipe();
         for m in members {
             pipe.cmd("SET")
@@ -338,7 +336,7 @@ impl RedisPushStore {
 
     /// Takes one member's writer lease, waiting while another writer holds
     /// it (bounded by the operation's deadline).
-    async fn lock(&self, c: &mut Conn<'_>, member: &str, nonce: &str) -> Result<(), StateError> {
+    async fn lock(&self, c: &mut Conn<'_>, member: &str, nonce: &str) -> Result<(), PushError> {
         let member = [member.to_owned()];
         let mut pause = Duration::from_millis(2);
         while !self.try_lock(c, &member, nonce).await?[0] {
@@ -363,8 +361,8 @@ impl RedisPushStore {
         &self,
         c: &mut Conn<'_>,
         member: &str,
-        steps: impl AsyncFnOnce(&mut Conn<'_>) -> Result<T, StateError>,
-    ) -> Result<T, StateError> {
+        steps: impl AsyncFnOnce(&mut Conn<'_>) -> Result<T, PushError>,
+    ) -> Result<T, PushError> {
         let nonce = new_nonce();
         self.lock(c, member, &nonce).await?;
         let result = steps(c).await;
@@ -385,7 +383,7 @@ impl RedisPushStore {
         c: &mut Conn<'_>,
         members: &[String],
         idle_before: Option<DateTime<Utc>>,
-    ) -> Result<Vec<Removal>, StateError> {
+    ) -> Result<Vec<Removal>, PushError> {
         let keys = &self.keys;
         let nonce = new_nonce();
         let locked = match (idle_before, members) {
@@ -469,11 +467,11 @@ fn lease_ms(lease: Duration) -> u64 {
 }
 
 /// Sends a pipeline whose replies are all ignored; nothing when empty.
-async fn send(c: &mut Conn<'_>, pipe: &redis::Pipeline) -> Result<(), StateError> {
+async fn send(c: &mut Conn<'_>, pipe: &redis::Pipeline) -> Result<(), PushError> {
     if pipe.cmd_iter().next().is_none() {
         return Ok(());
     }
-    c.pipe(pipe).await
+    Ok(c.pipe(pipe).await?)
 }
 
 /// The names of the fields starting with `kind` (`p:` or `i:`), sorted.
@@ -491,22 +489,22 @@ fn time_text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
-fn parse_time(s: &str, what: impl FnOnce() -> String) -> Result<DateTime<Utc>, StateError> {
+fn parse_time(s: &str, what: impl FnOnce() -> String) -> Result<DateTime<Utc>, PushError> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| StateError::Corrupt(format!("{} is not a time ({s:?}): {e}", what())))
+        .map_err(|e| PushError::Corrupt(format!("{} is not a time ({s:?}): {e}", what())))
 }
 
 /// A subscription from its hash; `None` unless committed (has `last_seen`).
-fn decode_sub(member: &str, fields: &Fields) -> Result<Option<Subscription>, StateError> {
+fn decode_sub(member: &str, fields: &Fields) -> Result<Option<Subscription>, PushError> {
     let Some(last_seen) = fields.get("last_seen") else {
         return Ok(None);
     };
     let (provider, token) = parse_member(member)
-        .ok_or_else(|| StateError::Corrupt(format!("push member key {member:?} is malformed")))?;
+        .ok_or_else(|| PushError::Corrupt(format!("push member key {member:?} is malformed")))?;
     let locale = fields
         .get("locale")
-        .ok_or_else(|| StateError::Corrupt(format!("subscription {member} has no locale")))?;
+        .ok_or_else(|| PushError::Corrupt(format!("subscription {member} has no locale")))?;
     Ok(Some(Subscription {
         provider,
         token: token.to_owned(),
@@ -516,25 +514,14 @@ fn decode_sub(member: &str, fields: &Fields) -> Result<Option<Subscription>, Sta
     }))
 }
 
-fn state_fields(state: &JobState) -> (&'static str, &str) {
-    match state {
-        JobState::Planning => ("planning", ""),
-        JobState::Running => ("running", ""),
-        JobState::Done => ("done", ""),
-        JobState::Cancelled => ("cancelled", ""),
-        JobState::Failed(reason) => ("failed", reason),
-    }
-}
-
 fn job_fields(job: &Job) -> Vec<(&'static str, String)> {
-    let (state, reason) = state_fields(&job.state);
     let c = &job.counters;
     let mut fields = vec![
         ("id", job.id.clone()),
         ("product", job.product.clone()),
         ("version", job.version.clone()),
         ("dry_run", if job.dry_run { "1" } else { "0" }.to_owned()),
-        ("state", state.to_owned()),
+        ("state", job.state.as_str().to_owned()),
         ("created_at", time_text(job.created_at)),
         ("created_by", job.created_by.clone()),
         ("total", c.total.to_string()),
@@ -545,36 +532,27 @@ fn job_fields(job: &Job) -> Vec<(&'static str, String)> {
         ("batches_total", job.batches_total.to_string()),
         ("batches_done", job.batches_done.to_string()),
     ];
-    if let JobState::Failed(_) = job.state {
+    if let Some(reason) = job.state.reason() {
         fields.push(("reason", reason.to_owned()));
     }
     fields
 }
 
-fn decode_job(id: &str, fields: &Fields) -> Result<Job, StateError> {
+fn decode_job(id: &str, fields: &Fields) -> Result<Job, PushError> {
     let text = |name: &str| {
         fields
             .get(name)
             .cloned()
-            .ok_or_else(|| StateError::Corrupt(format!("job {id} has no {name}")))
+            .ok_or_else(|| PushError::Corrupt(format!("job {id} has no {name}")))
     };
     let number = |name: &str| {
         let t = text(name)?;
         t.parse::<u64>()
-            .map_err(|_| StateError::Corrupt(format!("job {id}: {name} {t:?} is not a count")))
+            .map_err(|_| PushError::Corrupt(format!("job {id}: {name} {t:?} is not a count")))
     };
-    let state = match text("state")?.as_str() {
-        "planning" => JobState::Planning,
-        "running" => JobState::Running,
-        "done" => JobState::Done,
-        "cancelled" => JobState::Cancelled,
-        "failed" => JobState::Failed(fields.get("reason").cloned().unwrap_or_default()),
-        other => {
-            return Err(StateError::Corrupt(format!(
-                "job {id}: unknown state {other:?}"
-            )))
-        }
-    };
+    let name = text("state")?;
+    let state = JobState::from_parts(&name, fields.get("reason").cloned())
+        .ok_or_else(|| PushError::Corrupt(format!("job {id}: unknown state {name:?}")))?;
     Ok(Job {
         id: text("id")?,
         product: text("product")?,
@@ -601,7 +579,7 @@ fn encode_batch(batch: &Batch) -> String {
 
 #[async_trait]
 impl PushStore for RedisPushStore {
-    async fn upsert_subscription(&self, sub: &Subscription) -> Result<(), StateError> {
+    async fn upsert_subscription(&self, sub: &Subscription) -> Result<(), PushError> {
         let member = member_key(sub.provider, &sub.token);
         let key = self.keys.sub(&member);
         let products: Vec<String> = sub
@@ -652,7 +630,7 @@ impl PushStore for RedisPushStore {
                     for p in &stale {
                         forget.arg(format!("i:{p}"));
                     }
-                    c.query::<()>(&forget).await
+                    Ok(c.query::<()>(&forget).await?)
                 })
                 .await
             })
@@ -663,7 +641,7 @@ impl PushStore for RedisPushStore {
         &self,
         provider: ProviderKind,
         token: &str,
-    ) -> Result<bool, StateError> {
+    ) -> Result<bool, PushError> {
         let members = [member_key(provider, token)];
         let outcome = self
             .link
@@ -679,7 +657,7 @@ impl PushStore for RedisPushStore {
         &self,
         provider: ProviderKind,
         token: &str,
-    ) -> Result<Option<Subscription>, StateError> {
+    ) -> Result<Option<Subscription>, PushError> {
         let member = member_key(provider, token);
         let key = self.keys.sub(&member);
         let fields: Fields = self
@@ -694,7 +672,7 @@ impl PushStore for RedisPushStore {
         product: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, StateError> {
+    ) -> Result<Vec<String>, PushError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -702,16 +680,18 @@ impl PushStore for RedisPushStore {
         let min = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
         self.link
             .run(|mut c| async move {
-                c.query(
-                    redis::cmd("ZRANGEBYLEX")
-                        .arg(&key)
-                        .arg(&min)
-                        .arg("+")
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(limit),
-                )
-                .await
+                let page = c
+                    .query(
+                        redis::cmd("ZRANGEBYLEX")
+                            .arg(&key)
+                            .arg(&min)
+                            .arg("+")
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(limit),
+                    )
+                    .await?;
+                Ok(page)
             })
             .await
     }
@@ -721,7 +701,7 @@ impl PushStore for RedisPushStore {
         product: &str,
         first: &str,
         last: &str,
-    ) -> Result<Vec<Subscription>, StateError> {
+    ) -> Result<Vec<Subscription>, PushError> {
         let key = self.keys.product(product);
         let listed_as = format!("p:{product}");
         let keys = &self.keys;
@@ -768,14 +748,14 @@ impl PushStore for RedisPushStore {
             .await
     }
 
-    async fn count_subscribers(&self, product: &str) -> Result<u64, StateError> {
+    async fn count_subscribers(&self, product: &str) -> Result<u64, PushError> {
         let key = self.keys.product(product);
         self.link
-            .run(|mut c| async move { c.query(redis::cmd("ZCARD").arg(&key)).await })
+            .run(|mut c| async move { Ok(c.query(redis::cmd("ZCARD").arg(&key)).await?) })
             .await
     }
 
-    async fn sweep_idle(&self, before: DateTime<Utc>) -> Result<u64, StateError> {
+    async fn sweep_idle(&self, before: DateTime<Utc>) -> Result<u64, PushError> {
         // Everything last seen before `before` has a score at or below its
         // millisecond; the hash's exact time decides.
         let bound = before.timestamp_millis();
@@ -818,7 +798,7 @@ impl PushStore for RedisPushStore {
         }
     }
 
-    async fn put_job(&self, job: &Job) -> Result<(), StateError> {
+    async fn put_job(&self, job: &Job) -> Result<(), PushError> {
         let key = self.keys.job(&job.id);
         let fields = job_fields(job);
         let mut pipe = redis::pipe();
@@ -831,11 +811,11 @@ impl PushStore for RedisPushStore {
             .arg(&fields)
             .ignore();
         self.link
-            .run(|mut c| async move { c.pipe::<()>(&pipe).await })
+            .run(|mut c| async move { Ok(c.pipe::<()>(&pipe).await?) })
             .await
     }
 
-    async fn get_job(&self, id: &str) -> Result<Option<Job>, StateError> {
+    async fn get_job(&self, id: &str) -> Result<Option<Job>, PushError> {
         let key = self.keys.job(id);
         let fields: Fields = self
             .link
@@ -847,9 +827,9 @@ impl PushStore for RedisPushStore {
         decode_job(id, &fields).map(Some)
     }
 
-    async fn set_job_state(&self, id: &str, state: JobState) -> Result<Job, StateError> {
+    async fn set_job_state(&self, id: &str, state: JobState) -> Result<Job, PushError> {
         let key = self.keys.job(id);
-        let (tag, reason) = state_fields(&state);
+        let (tag, reason) = (state.as_str(), state.reason().unwrap_or(""));
         let script = &self.scripts.set_state;
         let fields: Option<Fields> = self
             .link
@@ -857,14 +837,11 @@ impl PushStore for RedisPushStore {
             .await?;
         match fields {
             Some(fields) if !fields.is_empty() => decode_job(id, &fields),
-            _ => Err(StateError::NotFound {
-                product: "job".into(),
-                version: id.into(),
-            }),
+            _ => Err(PushError::UnknownJob { id: id.into() }),
         }
     }
 
-    async fn enqueue_all(&self, batches: &[Batch]) -> Result<(), StateError> {
+    async fn enqueue_all(&self, batches: &[Batch]) -> Result<(), PushError> {
         if batches.is_empty() {
             return Ok(());
         }
@@ -880,11 +857,11 @@ impl PushStore for RedisPushStore {
         }
         let pipe = &pipe;
         self.link
-            .run(|mut c| async move { c.pipe(pipe).await })
+            .run(|mut c| async move { Ok(c.pipe(pipe).await?) })
             .await
     }
 
-    async fn claim(&self, consumer: &str, stale: Duration) -> Result<Option<Claimed>, StateError> {
+    async fn claim(&self, consumer: &str, stale: Duration) -> Result<Option<Claimed>, PushError> {
         let queue = &self.keys.queue;
         let script = &self.scripts.claim;
         let min_idle = u64::try_from(stale.as_millis()).unwrap_or(u64::MAX);
@@ -899,7 +876,7 @@ impl PushStore for RedisPushStore {
             return Ok(None);
         };
         let batch: Batch = serde_json::from_str(&json).map_err(|e| {
-            StateError::Corrupt(format!("queued batch {delivery} is not a batch: {e}"))
+            PushError::Corrupt(format!("queued batch {delivery} is not a batch: {e}"))
         })?;
         Ok(Some(Claimed { delivery, batch }))
     }
@@ -908,7 +885,7 @@ impl PushStore for RedisPushStore {
         &self,
         claimed: &Claimed,
         delta: &JobCounters,
-    ) -> Result<Option<Job>, StateError> {
+    ) -> Result<Option<Job>, PushError> {
         let job_id = &claimed.batch.job_id;
         let job_key = self.keys.job(job_id);
         let queue = &self.keys.queue;
@@ -953,7 +930,7 @@ mod tests {
             JobState::Cancelled,
             JobState::Failed("x".into()),
         ] {
-            let (tag, _) = state_fields(&state);
+            let tag = state.as_str();
             assert_eq!(FINAL_STATES.contains(&tag), state.is_final(), "{tag}");
             assert!(
                 !state.is_final() || SET_STATE_LUA.contains(&format!("'{tag}'")),

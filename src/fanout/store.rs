@@ -8,11 +8,36 @@
 //! of the token gone, including pending batches" holds without rewriting
 //! queued work.
 
-use crate::state::StateError;
+use crate::storage::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// What the push store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("no fan-out job {id}; use the id the notify call returned")]
+    UnknownJob { id: String },
+    #[error("the push store ({backend}) is unavailable: {reason}")]
+    Unavailable {
+        backend: &'static str,
+        reason: String,
+    },
+    #[error("the push store holds data it cannot read ({0}); restore from a backup")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for PushError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable { backend, reason } => {
+                PushError::Unavailable { backend, reason }
+            }
+            StoreError::Corrupt(what) => PushError::Corrupt(what),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -78,11 +103,56 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state's name, as stored and shown: `planning`, `running`,
+    /// `done`, `cancelled`, `failed` (its reason apart).
+    pub const NAMES: [&'static str; 5] = ["planning", "running", "done", "cancelled", "failed"];
+
     pub fn is_final(&self) -> bool {
         matches!(
             self,
             JobState::Done | JobState::Cancelled | JobState::Failed(_)
         )
+    }
+
+    /// The state's name (the serde tag).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobState::Planning => "planning",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Cancelled => "cancelled",
+            JobState::Failed(_) => "failed",
+        }
+    }
+
+    /// Why the job failed, if it did.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            JobState::Failed(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The state named `name` (a failure with `reason`); `None` for a name
+    /// that is not a state.
+    pub fn from_parts(name: &str, reason: Option<String>) -> Option<JobState> {
+        Some(match name {
+            "planning" => JobState::Planning,
+            "running" => JobState::Running,
+            "done" => JobState::Done,
+            "cancelled" => JobState::Cancelled,
+            "failed" => JobState::Failed(reason.unwrap_or_default()),
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobState::Failed(reason) => write!(f, "failed: {reason}"),
+            state => f.write_str(state.as_str()),
+        }
     }
 }
 
@@ -121,20 +191,20 @@ pub struct Claimed {
 pub trait PushStore: Send + Sync + 'static {
     /// Inserts or replaces the subscription (and its product index entries;
     /// products dropped since the last upsert leave their indexes).
-    async fn upsert_subscription(&self, sub: &Subscription) -> Result<(), StateError>;
+    async fn upsert_subscription(&self, sub: &Subscription) -> Result<(), PushError>;
 
     /// Removes the subscription from every key and index. True if it existed.
     async fn remove_subscription(
         &self,
         provider: ProviderKind,
         token: &str,
-    ) -> Result<bool, StateError>;
+    ) -> Result<bool, PushError>;
 
     async fn get_subscription(
         &self,
         provider: ProviderKind,
         token: &str,
-    ) -> Result<Option<Subscription>, StateError>;
+    ) -> Result<Option<Subscription>, PushError>;
 
     /// Up to `limit` member keys of `product`'s index after `after`, ascending.
     async fn subscriber_page(
@@ -142,7 +212,7 @@ pub trait PushStore: Send + Sync + 'static {
         product: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, StateError>;
+    ) -> Result<Vec<String>, PushError>;
 
     /// `product`'s index cut into ranges of `size` members (the last may be
     /// shorter), as (first, last) member keys, and the member count.
@@ -150,7 +220,7 @@ pub trait PushStore: Send + Sync + 'static {
         &self,
         product: &str,
         size: usize,
-    ) -> Result<(Vec<(String, String)>, u64), StateError> {
+    ) -> Result<(Vec<(String, String)>, u64), PushError> {
         let mut ranges = Vec::new();
         let mut total = 0u64;
         let mut after: Option<String> = None;
@@ -177,32 +247,32 @@ pub trait PushStore: Send + Sync + 'static {
         product: &str,
         first: &str,
         last: &str,
-    ) -> Result<Vec<Subscription>, StateError>;
+    ) -> Result<Vec<Subscription>, PushError>;
 
-    async fn count_subscribers(&self, product: &str) -> Result<u64, StateError>;
+    async fn count_subscribers(&self, product: &str) -> Result<u64, PushError>;
 
     /// Removes every subscription last seen before `before`; returns how many.
-    async fn sweep_idle(&self, before: DateTime<Utc>) -> Result<u64, StateError>;
+    async fn sweep_idle(&self, before: DateTime<Utc>) -> Result<u64, PushError>;
 
-    async fn put_job(&self, job: &Job) -> Result<(), StateError>;
+    async fn put_job(&self, job: &Job) -> Result<(), PushError>;
 
-    async fn get_job(&self, id: &str) -> Result<Option<Job>, StateError>;
+    async fn get_job(&self, id: &str) -> Result<Option<Job>, PushError>;
 
     /// Sets the state unless the job is already final (a cancel wins over a
     /// late "done"). Returns the job as stored afterwards.
-    async fn set_job_state(&self, id: &str, state: JobState) -> Result<Job, StateError>;
+    async fn set_job_state(&self, id: &str, state: JobState) -> Result<Job, PushError>;
 
-    async fn enqueue(&self, batch: &Batch) -> Result<(), StateError> {
+    async fn enqueue(&self, batch: &Batch) -> Result<(), PushError> {
         self.enqueue_all(std::slice::from_ref(batch)).await
     }
 
     /// Queues a job's batches at once, in order: all or none, and one
     /// durable write rather than one per batch.
-    async fn enqueue_all(&self, batches: &[Batch]) -> Result<(), StateError>;
+    async fn enqueue_all(&self, batches: &[Batch]) -> Result<(), PushError>;
 
     /// The next batch for `consumer`: a new one, or one claimed by another
     /// consumer more than `stale` ago and never acknowledged (it crashed).
-    async fn claim(&self, consumer: &str, stale: Duration) -> Result<Option<Claimed>, StateError>;
+    async fn claim(&self, consumer: &str, stale: Duration) -> Result<Option<Claimed>, PushError>;
 
     /// Done with a claimed batch, atomically: it leaves the queue, `delta` is
     /// added to its job's counters and `batches_done` goes up by one. If the
@@ -212,5 +282,5 @@ pub trait PushStore: Send + Sync + 'static {
         &self,
         claimed: &Claimed,
         delta: &JobCounters,
-    ) -> Result<Option<Job>, StateError>;
+    ) -> Result<Option<Job>, PushError>;
 }

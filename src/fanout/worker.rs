@@ -6,7 +6,9 @@
 //! sent twice, and the per-product collapse id keeps the phone from showing
 //! it twice.
 
-use super::store::{Claimed, JobCounters, JobState, ProviderKind, PushStore, Subscription};
+use super::store::{
+    Claimed, JobCounters, JobState, ProviderKind, PushError, PushStore, Subscription,
+};
 use crate::catalog::Catalog;
 use crate::push::{send_prepared_with_retry, Notice, Prepared, Provider, RetryPolicy, SendOutcome};
 use futures_util::StreamExt;
@@ -85,6 +87,45 @@ pub struct Fanout {
 }
 
 impl Fanout {
+    /// The providers `[push.apns]` and `[push.fcm]` enable, over `store`.
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        store: Arc<dyn PushStore>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let p = &settings.push;
+        let mut providers = HashMap::new();
+        let slot = |provider: Arc<dyn Provider>| ProviderSlot {
+            provider,
+            in_flight: Arc::new(Semaphore::new(p.in_flight.max(1))),
+        };
+        if p.apns.enabled {
+            let apns =
+                crate::push::apns::ApnsProvider::from_settings(&p.apns).context("[push.apns]")?;
+            providers.insert(ProviderKind::Apns, slot(Arc::new(apns)));
+            tracing::info!(base_url = %p.apns.base_url, "push: APNs enabled");
+        }
+        if p.fcm.enabled {
+            let fcm = crate::push::fcm::FcmProvider::from_settings(&p.fcm).context("[push.fcm]")?;
+            providers.insert(ProviderKind::Fcm, slot(Arc::new(fcm)));
+            tracing::info!(base_url = %p.fcm.base_url, "push: FCM enabled");
+        }
+        Ok(Fanout {
+            store,
+            providers,
+            policy: RetryPolicy::default(),
+            ttl: Duration::from_secs(p.ttl_secs),
+            metrics: Default::default(),
+            stale: Duration::from_secs(p.stale_batch_secs.max(1)),
+            batch_concurrency: p.in_flight.max(1),
+            consumer: format!(
+                "{}-{}",
+                std::process::id(),
+                hex::encode(rand::random::<[u8; 4]>())
+            ),
+        })
+    }
+
     /// Runs `workers` claim loops until the task is aborted.
     pub async fn run(self: Arc<Self>, catalog: Arc<Catalog>, workers: usize) {
         let mut set = tokio::task::JoinSet::new();
@@ -114,11 +155,7 @@ impl Fanout {
         }
     }
 
-    async fn process(
-        &self,
-        catalog: &Catalog,
-        claimed: &Claimed,
-    ) -> Result<(), crate::state::StateError> {
+    async fn process(&self, catalog: &Catalog, claimed: &Claimed) -> Result<(), PushError> {
         let batch = &claimed.batch;
         let job = self.store.get_job(&batch.job_id).await?;
         let Some(job) = job.filter(|j| !j.state.is_final()) else {

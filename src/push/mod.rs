@@ -25,7 +25,6 @@ pub mod fcm;
 mod h2;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,9 +32,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use rand::Rng as _;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+pub use crate::config::{ApnsSettings, FcmSettings};
 pub use apns::ApnsProvider;
 pub use fcm::FcmProvider;
 
@@ -260,67 +259,6 @@ pub trait Provider: Send + Sync {
         match self.prepare(&msg.notice) {
             Ok(prepared) => self.send_prepared(&prepared, &msg.token).await,
             Err(reason) => SendOutcome::Fatal { reason },
-        }
-    }
-}
-
-/// `[push.apns]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct ApnsSettings {
-    pub enabled: bool,
-    /// `https://api.push.apple.com` (or `https://api.sandbox.push.apple.com`).
-    pub base_url: String,
-    /// The team's token-signing key (`AuthKey_XXXXXXXXXX.p8`, PKCS#8 EC P-256).
-    pub key_file: PathBuf,
-    pub key_id: String,
-    pub team_id: String,
-    /// The app's bundle id.
-    pub topic: String,
-    /// An extra trusted root certificate (PEM); empty = none.
-    pub ca_file: PathBuf,
-    /// HTTP/2 connections kept open to APNs (each carries many streams).
-    pub connections: usize,
-}
-
-impl Default for ApnsSettings {
-    fn default() -> Self {
-        ApnsSettings {
-            enabled: false,
-            base_url: "https://api.push.apple.com".to_owned(),
-            key_file: PathBuf::from("secrets/apns.p8"),
-            key_id: String::new(),
-            team_id: String::new(),
-            topic: String::new(),
-            ca_file: PathBuf::new(),
-            connections: DEFAULT_CONNECTIONS,
-        }
-    }
-}
-
-/// `[push.fcm]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct FcmSettings {
-    pub enabled: bool,
-    /// `https://fcm.googleapis.com`.
-    pub base_url: String,
-    /// The service-account JSON; its `token_uri` is where OAuth tokens come from.
-    pub service_account_file: PathBuf,
-    /// An extra trusted root certificate (PEM); empty = none.
-    pub ca_file: PathBuf,
-    /// HTTP/2 connections kept open to FCM (each carries many streams).
-    pub connections: usize,
-}
-
-impl Default for FcmSettings {
-    fn default() -> Self {
-        FcmSettings {
-            enabled: false,
-            base_url: "https://fcm.googleapis.com".to_owned(),
-            service_account_file: PathBuf::from("secrets/fcm.json"),
-            ca_file: PathBuf::new(),
-            connections: DEFAULT_CONNECTIONS,
         }
     }
 }

@@ -3,19 +3,13 @@
 //! default backend; one process at a time (redb locks the file).
 
 use std::path::Path;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{AuditEntry, ReleasePatch, StateError, StateStore, StoredRelease};
-
-/// redb's page cache (1 GiB by default). Releases are read at start-up
-/// and after changes, then served from the catalog snapshot.
-const CACHE_BYTES: usize = 2 << 20;
-
-const BACKEND: &str = "embedded";
+use crate::storage::embedded::{encode, DbResult, EmbeddedDb, BACKEND};
 
 /// (product, seq) -> `StoredRelease` JSON. Keyed by seq so a product's
 /// releases iterate in publish order and its max seq is simply the last key.
@@ -32,57 +26,33 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CATALOG_VERSION: &str = "catalog_version";
 
 pub struct EmbeddedStateStore {
-    db: Arc<Database>,
+    db: EmbeddedDb,
 }
 
 impl EmbeddedStateStore {
-    /// Opens the store at `path`, creating the file and its parent
-    /// directories when missing. Blocking: call it before serving, or from
-    /// `spawn_blocking`.
-    pub fn open(path: &Path) -> Result<Self, StateError> {
-        let at = |e: StateError| match e {
-            StateError::Unavailable { backend, reason } => StateError::Unavailable {
-                backend,
-                reason: format!("{}: {reason}", path.display()),
-            },
-            StateError::Corrupt(msg) => StateError::Corrupt(format!("{}: {msg}", path.display())),
-            e => e,
-        };
-        let dir = crate::files::parent_dir(path);
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            at(unavailable(format!(
-                "cannot create directory {}: {e}",
-                dir.display()
-            )))
-        })?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .db()
-            .map_err(at)?;
-        // Created up front so read transactions never meet a missing table.
-        let txn = db.begin_write().db().map_err(at)?;
-        txn.open_table(RELEASES).db().map_err(at)?;
-        txn.open_table(VERSIONS).db().map_err(at)?;
-        txn.open_table(AUDIT).db().map_err(at)?;
-        txn.open_table(META).db().map_err(at)?;
-        txn.commit().db().map_err(at)?;
-        Ok(Self { db: Arc::new(db) })
+    /// The store on an opened file, its tables created when missing (so
+    /// read transactions never meet a missing table). Blocking.
+    pub fn new(db: EmbeddedDb) -> Result<Self, StateError> {
+        let txn = db.database().begin_write().db()?;
+        txn.open_table(RELEASES).db()?;
+        txn.open_table(VERSIONS).db()?;
+        txn.open_table(AUDIT).db()?;
+        txn.open_table(META).db()?;
+        txn.commit().db()?;
+        Ok(Self { db })
     }
 
-    /// redb blocks on disk I/O (and on the single writer lock), so every
-    /// operation runs on the blocking pool, never on a runtime worker.
+    /// Opens the file at `path` on its own (tools and tests).
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        Self::new(EmbeddedDb::open(path, 2 << 20)?)
+    }
+
     async fn blocking<T, F>(&self, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StateError> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        match tokio::task::spawn_blocking(move || f(&db)).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(unavailable(format!("store task did not finish: {e}"))),
-        }
+        self.db.run(f).await
     }
 }
 
@@ -93,7 +63,7 @@ impl StateStore for EmbeddedStateStore {
     }
 
     async fn ping(&self) -> Result<(), StateError> {
-        self.blocking(|db| db.begin_read().db().map(drop)).await
+        Ok(self.db.ping().await?)
     }
 
     async fn catalog_version(&self) -> Result<u64, StateError> {
@@ -142,7 +112,7 @@ impl StateStore for EmbeddedStateStore {
                     .db()?;
                 bump_catalog_version(&txn)?;
             }
-            txn.commit().db()
+            Ok(txn.commit().db()?)
         })
         .await
     }
@@ -317,38 +287,11 @@ fn find(
     }
 }
 
-pub(crate) fn encode<T: serde::Serialize>(value: &T) -> String {
-    // Plain structs with string keys only: serde_json cannot fail on them.
-    serde_json::to_string(value).expect("state records serialize to JSON")
-}
-
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+fn decode<T: serde::de::DeserializeOwned>(
     json: &str,
     what: impl FnOnce() -> String,
 ) -> Result<T, StateError> {
-    serde_json::from_str(json).map_err(|e| StateError::Corrupt(format!("{}: {e}", what())))
-}
-
-fn unavailable(reason: String) -> StateError {
-    StateError::Unavailable {
-        backend: BACKEND,
-        reason,
-    }
-}
-
-/// Maps any redb error: a damaged file is `Corrupt`, everything else (I/O,
-/// lock held by another process, ...) is `Unavailable`.
-pub(crate) trait DbResult<T> {
-    fn db(self) -> Result<T, StateError>;
-}
-
-impl<T, E: Into<redb::Error>> DbResult<T> for Result<T, E> {
-    fn db(self) -> Result<T, StateError> {
-        self.map_err(|e| match e.into() {
-            redb::Error::Corrupted(msg) => StateError::Corrupt(msg),
-            e => unavailable(e.to_string()),
-        })
-    }
+    Ok(crate::storage::embedded::decode(json, what)?)
 }
 
 #[cfg(test)]
@@ -381,7 +324,7 @@ mod tests {
             .insert_release(&release("P", "1.0.0", 1))
             .await
             .unwrap();
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db.database().begin_write().unwrap();
         txn.open_table(RELEASES)
             .unwrap()
             .insert(("P", 1), "{not json")

@@ -2,7 +2,7 @@
 //!
 //! One trait, two backends (`embedded`: one redb file for a single
 //! instance; `redis`: shared by any number of instances), both held to the
-//! same conformance suite (`tests/state_conformance.rs`). The store is
+//! same conformance suite (`tests/it/state_conformance.rs`). The store is
 //! authoritative for the publish rules that must be atomic: a version is
 //! published once, and `seq` only goes up per product.
 //!
@@ -15,14 +15,13 @@ pub mod embedded;
 pub mod redis;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Settings, StateBackend};
+use crate::config::Settings;
+use crate::storage::{Backend, StoreError};
 
 /// A published release as stored. The envelope is kept byte for byte as the
 /// release engineer signed it; everything else is rollout state.
@@ -90,6 +89,17 @@ pub enum StateError {
     Corrupt(String),
 }
 
+impl From<StoreError> for StateError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable { backend, reason } => {
+                StateError::Unavailable { backend, reason }
+            }
+            StoreError::Corrupt(what) => StateError::Corrupt(what),
+        }
+    }
+}
+
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {
     /// `embedded` or `redis`, for logs and `/readyz`.
@@ -151,35 +161,23 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> Result<Vec<AuditEntry>, StateError>;
 }
 
-/// Opens the configured backend: the embedded file under `server.data_dir`,
-/// or Redis at `state.redis_url` (failing fast, with the reason, when it does
-/// not answer within `state.redis_timeout_ms`). For `serve` and the
-/// `state export` / `state import` commands.
+/// The release store of an opened backend (its tables created when new).
+pub async fn open(backend: &Backend) -> Result<Arc<dyn StateStore>, StateError> {
+    Ok(match backend {
+        Backend::Embedded { state, .. } => {
+            let db = state.clone();
+            let store = state
+                .run(move |_| embedded::EmbeddedStateStore::new(db))
+                .await?;
+            Arc::new(store)
+        }
+        Backend::Redis(link) => Arc::new(redis::RedisStateStore::new(link.clone())),
+    })
+}
+
+/// Opens the configured backend and its release store, for the commands
+/// that need only that (`state export`, `state import`).
 pub async fn open_state(settings: &Settings) -> anyhow::Result<Arc<dyn StateStore>> {
-    match settings.state.backend {
-        StateBackend::Embedded => {
-            let path = settings.state_path();
-            tracing::info!(path = %path.display(), "state: embedded store (single instance; use redis to run several)");
-            let opened = tokio::task::spawn_blocking({
-                let path = path.clone();
-                move || embedded::EmbeddedStateStore::open(&path)
-            })
-            .await
-            .context("the state store task did not finish")?;
-            let store = opened
-                .with_context(|| format!("cannot open the state store at {}", path.display()))?;
-            Ok(Arc::new(store))
-        }
-        StateBackend::Redis => {
-            let s = &settings.state;
-            let timeout = Duration::from_millis(s.redis_timeout_ms);
-            let store = redis::RedisStateStore::connect(&s.redis_url, &s.redis_prefix, timeout)
-                .await
-                .context(
-                    "cannot open the redis state store; check [state] redis_url and that Redis is running",
-                )?;
-            tracing::info!(url = %redis::redact_url(&s.redis_url), prefix = %s.redis_prefix, "state: redis");
-            Ok(Arc::new(store))
-        }
-    }
+    let backend = Backend::open(settings).await?;
+    Ok(open(&backend).await?)
 }

@@ -37,21 +37,17 @@
 //! is replaced by a fresh, lazily connected one, so when Redis comes back the
 //! next operation simply works.
 
-use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script};
+use redis::{RedisError, Script};
 use tokio::sync::mpsc;
 
 use super::{AuditEntry, ReleasePatch, StateError, StateStore, StoredRelease};
-
-const BACKEND: &str = "redis";
+pub use crate::storage::redis::redact_url;
+use crate::storage::redis::RedisLink;
 
 /// How often an idle change feed proves its connection is alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -131,13 +127,7 @@ impl Keys {
     }
 }
 
-struct Inner {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    /// Replaced wholesale when it times out or breaks (see [`Inner::reset`]).
-    conn: ArcSwap<ConnectionManager>,
-    keys: Keys,
-    timeout: Duration,
+struct Scripts {
     insert: Script,
     update: Script,
     audit: Script,
@@ -145,187 +135,41 @@ struct Inner {
 
 /// See the module docs for the key layout and failure behaviour.
 pub struct RedisStateStore {
-    inner: Arc<Inner>,
+    link: RedisLink,
+    keys: Keys,
+    scripts: Scripts,
 }
 
 impl RedisStateStore {
-    /// Connects and proves Redis answers, all within `timeout`; fails with
-    /// `Unavailable` (and the reason) otherwise, so a misconfigured or absent
-    /// Redis is reported at start-up instead of on the first request.
-    /// `timeout` is also the deadline of every later operation.
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StateError> {
-        let store = Self::connect_lazy(url, prefix, timeout)?;
-        store.ping().await.map_err(|e| match e {
-            StateError::Unavailable { reason, .. } => unavailable(format!(
-                "no answer from {} within {} ms: {reason}",
-                redact_url(url),
-                timeout.as_millis()
-            )),
-            e => e,
-        })?;
-        Ok(store)
-    }
-
-    /// Like [`connect`](Self::connect) but without the start-up round trip:
-    /// the connection is made by the first operation (and remade whenever it
-    /// is lost). Fails only on a malformed URL, prefix or timeout.
-    pub fn connect_lazy(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StateError> {
-        if prefix.is_empty() || prefix.contains(['{', '}']) || prefix.contains(char::is_whitespace)
-        {
-            return Err(unavailable(format!(
-                "state.redis_prefix {prefix:?} must be non-empty, without braces or spaces"
-            )));
-        }
-        if timeout.is_zero() {
-            return Err(unavailable(
-                "state.redis_timeout_ms must be above 0".to_owned(),
-            ));
-        }
-        let client = redis::Client::open(url)
-            .map_err(|e| unavailable(format!("invalid redis URL {}: {e}", redact_url(url))))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            // Few quick retries inside one connection attempt: operations are
-            // bounded by `timeout` anyway, and a failed attempt is simply
-            // redone by the next operation.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = lazy_manager(&client, &config)?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                client,
-                config,
-                conn: ArcSwap::from_pointee(conn),
-                keys: Keys::new(prefix),
-                timeout,
+    /// The store on a shared link; its keys start with the link's prefix.
+    pub fn new(link: RedisLink) -> Self {
+        RedisStateStore {
+            keys: Keys::new(link.prefix()),
+            link,
+            scripts: Scripts {
                 insert: Script::new(INSERT_LUA),
                 update: Script::new(UPDATE_LUA),
                 audit: Script::new(AUDIT_LUA),
-            }),
-        })
-    }
-}
-
-impl RedisStateStore {
-    /// Runs one operation under this store's deadline and reconnect
-    /// handling (see the module docs). For other stores kept in the same
-    /// Redis (the push store), so they fail and recover exactly alike.
-    pub(crate) async fn run<'a, T, F, Fut>(&'a self, op: F) -> Result<T, StateError>
-    where
-        F: FnOnce(Conn<'a>) -> Fut,
-        Fut: Future<Output = Result<T, StateError>>,
-    {
-        self.inner.run(op).await
-    }
-}
-
-fn lazy_manager(
-    client: &redis::Client,
-    config: &ConnectionManagerConfig,
-) -> Result<ConnectionManager, StateError> {
-    ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-        .map_err(|e| unavailable(format!("cannot set up the redis connection: {e}")))
-}
-
-impl Inner {
-    /// Runs one operation against the current connection under the
-    /// deadline. `op` gets a handle to the connection and maps Redis errors
-    /// with [`Inner::fail`].
-    async fn run<'a, T, F, Fut>(&'a self, op: F) -> Result<T, StateError>
-    where
-        F: FnOnce(Conn<'a>) -> Fut,
-        Fut: Future<Output = Result<T, StateError>>,
-    {
-        let used = self.conn.load_full();
-        let conn = Conn {
-            manager: (*used).clone(),
-            inner: self,
-            used: Arc::clone(&used),
-        };
-        match tokio::time::timeout(self.timeout, op(conn)).await {
-            Ok(result) => result,
-            Err(_) => {
-                // Possibly a half-open connection that would never answer:
-                // start over with a fresh one.
-                self.reset(&used);
-                Err(unavailable(format!(
-                    "no answer within {} ms",
-                    self.timeout.as_millis()
-                )))
-            }
+            },
         }
     }
 
-    /// Swaps in a fresh lazily connected manager, unless another operation
-    /// already replaced `used`.
-    fn reset(&self, used: &Arc<ConnectionManager>) {
-        match lazy_manager(&self.client, &self.config) {
-            Ok(fresh) => {
-                self.conn.compare_and_swap(used, Arc::new(fresh));
-            }
-            Err(e) => tracing::warn!(error = %e, "redis: cannot replace the connection"),
-        }
+    /// Connects a link of its own and proves Redis answers (tools and tests).
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StateError> {
+        Ok(Self::new(RedisLink::connect(url, prefix, timeout).await?))
     }
 
-    async fn catalog_version(&self) -> Result<u64, StateError> {
-        self.run(|mut c| async move {
-            let v: Option<u64> = c.query(redis::cmd("GET").arg(&self.keys.version)).await?;
-            Ok(v.unwrap_or(0))
-        })
-        .await
-    }
-}
-
-/// One operation's handle: the connection plus what is needed to report
-/// (and recover from) its failures. Also used by the Redis push store
-/// (`crate::fanout::redis`) through [`RedisStateStore::run`].
-pub(crate) struct Conn<'a> {
-    manager: ConnectionManager,
-    inner: &'a Inner,
-    used: Arc<ConnectionManager>,
-}
-
-impl Conn<'_> {
-    pub(crate) async fn query<T: redis::FromRedisValue>(
-        &mut self,
-        cmd: &redis::Cmd,
-    ) -> Result<T, StateError> {
-        let result = cmd.query_async(&mut self.manager).await;
-        result.map_err(|e| self.fail(e))
+    /// Like [`connect`](Self::connect) without the start-up round trip.
+    pub fn connect_lazy(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StateError> {
+        Ok(Self::new(RedisLink::connect_lazy(url, prefix, timeout)?))
     }
 
-    pub(crate) async fn invoke<T: redis::FromRedisValue>(
-        &mut self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<T, StateError> {
-        let result = invocation.invoke_async(&mut self.manager).await;
-        result.map_err(|e| self.fail(e))
-    }
-
-    /// Sends a pipeline (in order, one round trip; atomic only if built
-    /// with `.atomic()`).
-    pub(crate) async fn pipe<T: redis::FromRedisValue>(
-        &mut self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StateError> {
-        let result = pipe.query_async(&mut self.manager).await;
-        result.map_err(|e| self.fail(e))
-    }
-
-    /// Maps a Redis error. Anything that is not an answer from the server
-    /// (I/O, protocol, client trouble) replaces the connection.
-    fn fail(&self, e: RedisError) -> StateError {
-        match e.kind() {
-            ErrorKind::UnexpectedReturnType => {
-                StateError::Corrupt(format!("redis returned an unexpected value: {e}"))
-            }
-            ErrorKind::Server(_) | ErrorKind::Extension => unavailable(e.to_string()),
-            _ => {
-                self.inner.reset(&self.used);
-                unavailable(e.to_string())
-            }
+    /// The catalog version key and channel, with the link, for the feed.
+    fn feed(&self) -> Feed {
+        Feed {
+            link: self.link.clone(),
+            version: self.keys.version.clone(),
+            channel: self.keys.channel.clone(),
         }
     }
 }
@@ -333,34 +177,29 @@ impl Conn<'_> {
 #[async_trait]
 impl StateStore for RedisStateStore {
     fn backend(&self) -> &'static str {
-        BACKEND
+        crate::storage::redis::BACKEND
     }
 
     async fn ping(&self) -> Result<(), StateError> {
-        self.inner
-            .run(|mut c| async move {
-                let _: redis::Value = c.query(&redis::cmd("PING")).await?;
-                Ok(())
-            })
-            .await
+        Ok(self.link.ping().await?)
     }
 
     async fn catalog_version(&self) -> Result<u64, StateError> {
-        self.inner.catalog_version().await
+        self.feed().catalog_version().await
     }
 
     async fn watch_catalog(&self) -> Option<mpsc::Receiver<u64>> {
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(watch(Arc::clone(&self.inner), tx));
+        tokio::spawn(watch(self.feed(), tx));
         Some(rx)
     }
 
     async fn insert_release(&self, release: &StoredRelease) -> Result<(), StateError> {
         let json = encode(release);
-        let keys = &self.inner.keys;
-        let script = &self.inner.insert;
+        let keys = &self.keys;
+        let script = &self.scripts.insert;
         let reply: Vec<String> = self
-            .inner
+            .link
             .run(|mut c| async move {
                 c.invoke(
                     script
@@ -407,8 +246,8 @@ impl StateStore for RedisStateStore {
         patch: &ReleasePatch,
         at: DateTime<Utc>,
     ) -> Result<StoredRelease, StateError> {
-        let keys = &self.inner.keys;
-        let script = &self.inner.update;
+        let keys = &self.keys;
+        let script = &self.scripts.update;
         let field = release_field(product, version);
         let not_found = || StateError::NotFound {
             product: product.to_owned(),
@@ -416,7 +255,7 @@ impl StateStore for RedisStateStore {
         };
         // The whole read-patch-write loop runs under one deadline: under
         // heavy contention it ends as Unavailable, never as a hang.
-        self.inner
+        self.link
             .run(|mut c| async move {
                 loop {
                     let current: Option<String> = c
@@ -465,9 +304,9 @@ impl StateStore for RedisStateStore {
         product: &str,
         version: &str,
     ) -> Result<Option<StoredRelease>, StateError> {
-        let keys = &self.inner.keys;
+        let keys = &self.keys;
         let json: Option<String> = self
-            .inner
+            .link
             .run(|mut c| async move {
                 c.query(
                     redis::cmd("HGET")
@@ -482,12 +321,12 @@ impl StateStore for RedisStateStore {
     }
 
     async fn list_releases(&self, product: Option<&str>) -> Result<Vec<StoredRelease>, StateError> {
-        let keys = &self.inner.keys;
+        let keys = &self.keys;
         let (min, max) = match product {
             Some(p) => (format!("[{p}\0"), format!("({p}\x01")),
             None => ("-".to_owned(), "+".to_owned()),
         };
-        self.inner
+        self.link
             .run(|mut c| async move {
                 let members: Vec<String> = c
                     .query(
@@ -536,17 +375,19 @@ impl StateStore for RedisStateStore {
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StateError> {
         let json = encode(entry);
-        let keys = &self.inner.keys;
-        let script = &self.inner.audit;
-        self.inner
+        let keys = &self.keys;
+        let script = &self.scripts.audit;
+        self.link
             .run(|mut c| async move {
-                c.invoke(
-                    script
-                        .key(&keys.audit_next_id)
-                        .key(&keys.audit_log)
-                        .arg(&json),
-                )
-                .await
+                let id = c
+                    .invoke(
+                        script
+                            .key(&keys.audit_next_id)
+                            .key(&keys.audit_log)
+                            .arg(&json),
+                    )
+                    .await?;
+                Ok(id)
             })
             .await
     }
@@ -566,9 +407,9 @@ impl StateStore for RedisStateStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let keys = &self.inner.keys;
+        let keys = &self.keys;
         let reply: redis::streams::StreamRangeReply = self
-            .inner
+            .link
             .run(|mut c| async move {
                 c.query(
                     redis::cmd("XREVRANGE")
@@ -616,7 +457,27 @@ enum Ended {
 /// The change feed task: subscribes, catches up, forwards announcements;
 /// on any failure waits (exponential backoff with jitter) and starts over.
 /// Ends only when the receiver is dropped. Never panics.
-async fn watch(inner: Arc<Inner>, tx: mpsc::Sender<u64>) {
+/// What the change feed needs: its own subscription connection (from the
+/// link's client), the version key and the channel.
+struct Feed {
+    link: RedisLink,
+    version: String,
+    channel: String,
+}
+
+impl Feed {
+    async fn catalog_version(&self) -> Result<u64, StateError> {
+        let key = &self.version;
+        self.link
+            .run(|mut c| async move {
+                let v: Option<u64> = c.query(redis::cmd("GET").arg(key)).await?;
+                Ok(v.unwrap_or(0))
+            })
+            .await
+    }
+}
+
+async fn watch(inner: Feed, tx: mpsc::Sender<u64>) {
     let mut last: Option<u64> = None;
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -643,12 +504,12 @@ async fn watch(inner: Arc<Inner>, tx: mpsc::Sender<u64>) {
 }
 
 /// One connection's worth of the change feed.
-async fn follow(inner: &Inner, tx: &mpsc::Sender<u64>, last: &mut Option<u64>) -> Ended {
+async fn follow(inner: &Feed, tx: &mpsc::Sender<u64>, last: &mut Option<u64>) -> Ended {
     let lost = |followed: bool, reason: String| Ended::Lost { followed, reason };
-    let deadline = inner.timeout;
+    let deadline = inner.link.timeout();
     let pubsub = match tokio::time::timeout(deadline, async {
-        let mut pubsub = inner.client.get_async_pubsub().await?;
-        pubsub.subscribe(&inner.keys.channel).await?;
+        let mut pubsub = inner.link.client().get_async_pubsub().await?;
+        pubsub.subscribe(&inner.channel).await?;
         Ok::<_, RedisError>(pubsub)
     })
     .await
@@ -713,18 +574,6 @@ async fn follow(inner: &Inner, tx: &mpsc::Sender<u64>, last: &mut Option<u64>) -
     }
 }
 
-/// Hides the password (and user) of a Redis URL for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
-}
-
 fn release_field(product: &str, version: &str) -> String {
     format!("{product}\0{version}")
 }
@@ -750,37 +599,9 @@ fn unexpected_reply(script: &str, reply: &[String]) -> StateError {
     StateError::Corrupt(format!("the {script} script answered {reply:?}"))
 }
 
-fn unavailable(reason: String) -> StateError {
-    StateError::Unavailable {
-        backend: BACKEND,
-        reason,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("redis://:s3cret@db.example:6379/0"),
-            "redis://***@db.example:6379/0"
-        );
-        assert_eq!(
-            redact_url("rediss://user:p@ss@db:6380"),
-            "rediss://***@db:6380"
-        );
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-        assert_eq!(
-            redact_url("redis://h/0?x=a@b"),
-            "redis://h/0?x=a@b",
-            "an @ after the host is not userinfo"
-        );
-    }
 
     #[test]
     fn seq_text_orders_numerically() {
@@ -788,28 +609,5 @@ mod tests {
         assert_eq!(seq_text(u64::MAX).len(), 20);
         assert!(seq_text(999) < seq_text(1_000));
         assert!(seq_text(u64::MAX - 1) < seq_text(u64::MAX));
-    }
-
-    #[tokio::test]
-    async fn bad_settings_are_refused_up_front() {
-        let t = Duration::from_millis(100);
-        for (url, prefix, timeout) in [
-            ("redis://127.0.0.1:1", "", t),
-            ("redis://127.0.0.1:1", "a{b}", t),
-            ("redis://127.0.0.1:1", "a b", t),
-            ("redis://127.0.0.1:1", "ok", Duration::ZERO),
-            ("mongodb://127.0.0.1", "ok", t),
-        ] {
-            assert!(
-                matches!(
-                    RedisStateStore::connect_lazy(url, prefix, timeout),
-                    Err(StateError::Unavailable {
-                        backend: "redis",
-                        ..
-                    })
-                ),
-                "{url} {prefix:?} {timeout:?}"
-            );
-        }
     }
 }
