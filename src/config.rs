@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// Environment variables `FIRMCAST__SECTION__KEY` override the files.
+const ENV_PREFIX: &str = "FIRMCAST__";
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -266,7 +269,7 @@ impl Settings {
             }
             fig = fig.merge(Toml::file(file));
         }
-        fig = fig.merge(Env::prefixed("FIRMCAST__").split("__"));
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
         let settings: Settings = fig.extract().map_err(|e| {
             let problems: Vec<String> = e.into_iter().map(|e| describe(&fig, e)).collect();
             anyhow::anyhow!("invalid configuration: {}", problems.join("; "))
@@ -343,6 +346,10 @@ fn describe(fig: &Figment, e: figment::Error) -> String {
         .or(e.metadata.as_ref())
         .map(|md| match &md.source {
             Some(figment::Source::File(file)) => file.display().to_string(),
+            _ if md.name.contains(ENV_PREFIX) => format!(
+                "the environment variable {ENV_PREFIX}{}",
+                path.join("__").to_uppercase()
+            ),
             _ => md.interpolate(&fig.profile().clone(), &path),
         })
         .unwrap_or_else(|| "the configuration".to_owned());

@@ -91,7 +91,9 @@ pub async fn serve(
     let mut conn = std::pin::pin!(conn);
     let stopped = stop.cancelled();
     let mut stopped = std::pin::pin!(stopped);
-    let watchdog = tokio::time::sleep(edge.settings.header_timeout);
+    let (header, idle) = (edge.settings.header_timeout, edge.settings.idle_timeout);
+    let accepted = tokio::time::Instant::now();
+    let watchdog = tokio::time::sleep(header.min(idle));
     let mut watchdog = std::pin::pin!(watchdog);
     let mut seen = 0;
     let mut closing = false;
@@ -117,16 +119,20 @@ pub async fn serve(
                     return;
                 }
                 if started == 0 && active == 0 {
+                    if now < accepted + header {
+                        watchdog.as_mut().reset(accepted + header);
+                        continue;
+                    }
                     tracing::debug!(
                         client = %crate::privacy::IpPrefix(peer.ip()),
-                        secs = edge.settings.header_timeout.as_secs(),
+                        secs = header.as_secs(),
                         "no request head in time; closing the connection"
                     );
                     return;
                 }
                 if active > 0 || started != seen {
                     seen = started;
-                    watchdog.as_mut().reset(now + edge.settings.idle_timeout);
+                    watchdog.as_mut().reset(now + idle);
                     continue;
                 }
                 conn.as_mut().graceful_shutdown();

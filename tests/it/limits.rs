@@ -5,22 +5,13 @@ use crate::support;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
-use support::app::{firmware, spawn_app_with, Rel, ADMIN_TOKEN, PUBLISHER_TOKEN};
+use support::app::{
+    firmware, spawn_app_with, spawn_app_with_server, Rel, ADMIN_TOKEN, PUBLISHER_TOKEN,
+};
 use tokio::io::AsyncWriteExt;
 
 fn local(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
-}
-
-/// `spawn_app_with` appends after `[[admin.tokens]]`, where `[server]` cannot
-/// be reopened: add `server` lines to its own table, then restart on it.
-async fn spawn_app_with_server(server: &str, extra: &str) -> support::app::TestApp {
-    let app = spawn_app_with(extra).await;
-    let path = app.path("config.toml");
-    let config = std::fs::read_to_string(&path).unwrap();
-    let config = config.replacen("[server]\n", &format!("[server]\n{server}\n"), 1);
-    std::fs::write(&path, config).unwrap();
-    app.restart().await
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ mod blob_conformance;
 mod cli_release;
 mod cli_signing;
 mod disk_full;
+mod edge;
 mod fuzz_ranges;
 mod fuzz_update_batch;
 mod fuzz_update_paths;

@@ -62,6 +62,59 @@ fn dev_keys_are_created_loudly_and_serve_works() {
 }
 
 #[test]
+fn a_config_typo_is_refused_by_name_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        ("[server]\nlisen = \"127.0.0.1:0\"\n", "`lisen` in [server]"),
+        ("[limitz]\nper_ip_rps = 5\n", "`limitz` at the top level"),
+        ("[limits]\nper_ip_rsp = 5\n", "`per_ip_rsp` in [limits]"),
+    ] {
+        std::fs::write(dir.path().join("typo.toml"), text).unwrap();
+        let run = firmcast(
+            dir.path(),
+            &["serve", "--config", "typo.toml", "--dev-keys"],
+        )
+        .fails();
+        assert!(
+            run.stderr.contains(&format!("unknown key {key}")),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("typo.toml"),
+            "names the file: {}",
+            run.stderr
+        );
+        assert!(
+            !dir.path().join("keys").exists(),
+            "refused before making keys"
+        );
+    }
+    // An environment variable with a typo is named the same way.
+    std::fs::write(
+        dir.path().join("ok.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_firmcast"))
+        .current_dir(dir.path())
+        .args(["serve", "--config", "ok.toml"])
+        .env("FIRMCAST__LIMITS__PER_IP_RSP", "5")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown key `per_ip_rsp` in [limits]"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("FIRMCAST__LIMITS__PER_IP_RSP"),
+        "names the variable: {stderr}"
+    );
+}
+
+#[test]
 fn env_overrides_config() {
     let server = support::server::spawn_server();
     let r = reqwest::blocking::get(format!("{}/readyz", server.url)).unwrap();

@@ -14,6 +14,8 @@ pub const PUBLISHER_TOKEN: &str = "test-publisher-token";
 pub const VIEWER_TOKEN: &str = "test-viewer-token";
 
 pub struct TestApp {
+    /// The handlers' services, for tests that look inside.
+    pub api: std::sync::Arc<firmcast::api::Api>,
     pub addr: SocketAddr,
     pub url: String,
     pub dir: tempfile::TempDir,
@@ -59,13 +61,18 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(extra_config: &str) -> TestApp {
+    spawn_app_with_server("", extra_config).await
+}
+
+/// Like [`spawn_app_with`], with `server` lines added to `[server]`.
+pub async fn spawn_app_with_server(server: &str, extra_config: &str) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let (root_key, release_key) = make_keys(dir.path());
-    write_config(dir.path(), extra_config);
+    write_config(dir.path(), server, extra_config);
     start(dir, root_key, release_key).await
 }
 
-fn write_config(dir: &std::path::Path, extra_config: &str) {
+fn write_config(dir: &std::path::Path, server: &str, extra_config: &str) {
     let d = dir.display();
     let config = format!(
         r#"
@@ -73,6 +80,7 @@ fn write_config(dir: &std::path::Path, extra_config: &str) {
 listen = "127.0.0.1:0"
 data_dir = "{d}/data"
 max_artifact_bytes = 10485760
+{server}
 [signing]
 keyset = "{d}/keys/keyset.json"
 root_public_key = "{d}/keys/root.pub.pem"
@@ -110,11 +118,13 @@ async fn start(dir: tempfile::TempDir, root_key: PrivateKey, release_key: Privat
     let settings = Settings::load(Some(&path)).unwrap();
     let app = Application::build(settings).await.unwrap();
     let addr = app.local_addr();
+    let api = app.api();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
     TestApp {
+        api,
         addr,
         url: format!("http://{addr}"),
         dir,
