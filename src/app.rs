@@ -161,8 +161,13 @@ impl Application {
             ));
         }
         drop(self.listener);
-        for task in background {
+        for task in &background {
             task.abort();
+        }
+        // Awaited, so the stores they hold are closed when this returns (a
+        // restart in the same process opens the same files).
+        for task in background {
+            let _ = task.await;
         }
         stop.cancel();
         connections.close();

@@ -14,6 +14,8 @@
 //! [`FcmFake::write_service_account`] and point the client at
 //! [`ApnsFake::base_url`] / [`FcmFake::base_url`].
 
+#![forbid(unsafe_code)]
+
 pub mod apns;
 pub mod fcm;
 mod jwt;

@@ -13,6 +13,8 @@
 //!
 //! Every failure is an [`Error`] variant that says what failed and what to do.
 
+#![forbid(unsafe_code)]
+
 pub mod digest;
 pub mod dsse;
 mod error;

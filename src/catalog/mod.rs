@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// The snapshot's maps hold published names and are only looked up with
 /// client input, which cannot lengthen a probe chain: foldhash (seeded per
-/// process, not DoS-hardened) is safe here and saves SipHash's ~0.3k
-/// instructions a check.
+/// process, not DoS-hardened) is safe here and cheaper than SipHash on the
+/// hot path.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Channels every product answers for, even before a release uses them.

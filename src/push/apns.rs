@@ -8,19 +8,15 @@
 //! first send to see it; the others pick up the new one) and the send retried
 //! once.
 //!
-//! The JSON payload and the header values come from the `a2` crate's types,
-//! built once per notice ([`Provider::prepare`]); the HTTP/2 is ours
-//! (`push/h2.rs`: hyper over rustls, a few connections).
+//! The JSON payload and the headers are built once per notice
+//! ([`Provider::prepare`]) from a few serde structs of Apple's documented
+//! shape; the HTTP/2 is ours (`push/h2.rs`: h2 over rustls, a few
+//! connections).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use a2::request::notification::{
-    DefaultNotificationBuilder, NotificationBuilder, NotificationOptions,
-};
-use a2::request::payload::PayloadLike;
-use a2::{CollapseId, PushType};
 use anyhow::{anyhow, Context as _};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -29,8 +25,9 @@ use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::StatusCode;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::collections::BTreeMap;
 
 use super::h2::{H2Client, H2Settings};
 use super::{
@@ -310,62 +307,72 @@ struct ApnsRequest {
     headers: HeaderMap,
 }
 
+/// `{"aps": {"alert": {"title", "body"}}, <custom data>...}`, Apple's
+/// "Generating a remote notification" shape for an alert.
+#[derive(Serialize)]
+struct Payload<'a> {
+    aps: Aps<'a>,
+    #[serde(flatten)]
+    data: &'a BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct Aps<'a> {
+    alert: Alert<'a>,
+}
+
+#[derive(Serialize)]
+struct Alert<'a> {
+    title: &'a str,
+    body: &'a str,
+}
+
 impl ApnsRequest {
     fn build(msg: &Notice, topic: &str) -> Result<Self, String> {
-        let collapse_id = CollapseId::new(&msg.collapse_id).map_err(|e| e.to_string())?;
+        if msg.collapse_id.len() > super::MAX_COLLAPSE_ID_BYTES {
+            return Err(format!(
+                "the collapse id is {} bytes; APNs takes at most {}",
+                msg.collapse_id.len(),
+                super::MAX_COLLAPSE_ID_BYTES
+            ));
+        }
+        if msg.data.contains_key("aps") {
+            return Err("custom data may not use the key `aps`".into());
+        }
         let expiration = if msg.expires_at <= Utc::now() {
             0 // expired: deliver now or never, APNs does not store it
         } else {
-            msg.expires_at.timestamp() as u64
+            msg.expires_at.timestamp()
         };
-        let options = NotificationOptions {
-            apns_id: None,
-            apns_push_type: Some(PushType::Alert),
-            apns_expiration: Some(expiration),
-            apns_priority: Some(match msg.priority {
-                Priority::High => a2::Priority::High,
-                Priority::Normal => a2::Priority::Normal,
-            }),
-            apns_topic: Some(topic),
-            apns_collapse_id: Some(collapse_id),
+        let payload = Payload {
+            aps: Aps {
+                alert: Alert {
+                    title: &msg.title,
+                    body: &msg.body,
+                },
+            },
+            data: &msg.data,
         };
-        let mut payload = DefaultNotificationBuilder::new()
-            .set_title(&msg.title)
-            .set_body(&msg.body)
-            .build("", options);
-        for (key, value) in &msg.data {
-            if key == "aps" {
-                return Err("custom data may not use the key `aps`".into());
-            }
-            payload
-                .add_custom_data(key, value)
-                .map_err(|e| format!("APNs payload: {e}"))?;
-        }
-        let json = payload
-            .to_json_string()
-            .map_err(|e| format!("APNs payload: {e}"))?;
+        let json = serde_json::to_vec(&payload).map_err(|e| format!("APNs payload: {e}"))?;
 
-        let options = payload.get_options();
         let mut headers = HeaderMap::new();
-        let mut put = |name: &'static str, value: String| -> Result<(), String> {
-            let value = HeaderValue::from_str(&value)
+        let mut put = |name: &'static str, value: &str| -> Result<(), String> {
+            let value = HeaderValue::from_str(value)
                 .map_err(|_| format!("{name} is not a valid header value: {value:?}"))?;
             headers.insert(name, value);
             Ok(())
         };
-        put("apns-topic", topic.to_owned())?;
-        if let Some(push_type) = options.apns_push_type {
-            put("apns-push-type", push_type.to_string())?;
-        }
-        if let Some(expiration) = options.apns_expiration {
-            put("apns-expiration", expiration.to_string())?;
-        }
-        if let Some(priority) = &options.apns_priority {
-            put("apns-priority", priority.to_string())?;
-        }
-        if let Some(collapse_id) = &options.apns_collapse_id {
-            put("apns-collapse-id", collapse_id.value.to_owned())?;
-        }
+        put("apns-topic", topic)?;
+        put("apns-push-type", "alert")?;
+        put("apns-expiration", &expiration.to_string())?;
+        put(
+            "apns-priority",
+            match msg.priority {
+                Priority::High => "10",
+                Priority::Normal => "5",
+            },
+        )?;
+        put("apns-collapse-id", &msg.collapse_id)?;
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(ApnsRequest {
             payload: Bytes::from(json),

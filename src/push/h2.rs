@@ -268,7 +268,7 @@ impl H2Client {
         }
         // Boxed: connecting (TCP, TLS, the h2 handshake) is a future of
         // several KiB, and unboxed it would be part of every send's future,
-        // which the fan-out moves around per token (memmove was 14% of it).
+        // which the fan-out moves around per token.
         Box::pin(self.open(slot)).await
     }
 
@@ -442,7 +442,7 @@ mod tests {
 
     /// A fan-out moves each send's future a few times (into the provider's
     /// box, into the worker's set): connecting must stay out of it. With
-    /// the connect path inline, a send's future was 6.7 KiB (debug build).
+    /// the connect path inline, a send's future was twice the bound.
     #[test]
     fn a_send_future_does_not_carry_the_connect_path() {
         let client = client("127.0.0.1:1".parse().unwrap(), 1);

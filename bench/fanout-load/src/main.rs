@@ -22,6 +22,8 @@
 //! - `jwt` prints an APNs provider token (ES256, `kid`, `iss`, `iat` = now)
 //!   signed with the team key, for h2load's `authorization` header.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

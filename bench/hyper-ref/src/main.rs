@@ -6,6 +6,8 @@
 //! usage: hyper-ref BODY_FILE [--listen ADDR] [--header 'Name: value']...
 //! Prints `hyper-ref listening on http://ADDR` once it accepts connections.
 
+#![forbid(unsafe_code)]
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;

@@ -124,7 +124,7 @@ pub struct ApnsDelivery {
 #[derive(Clone, Copy, Default)]
 struct JwtState {
     /// `iat` once the signature and claims checked out: like APNs, each
-    /// distinct token is verified once (re-verifying it was 58% of the
+    /// distinct token is verified once (re-verifying it was most of the
     /// fake's CPU and capped the fan-out benchmark).
     verified_iat: Option<i64>,
     /// Answered `ExpiredProviderToken` by a scripted fault: expired for good.

@@ -259,8 +259,10 @@ impl TestApp {
             dir,
             root_key,
             release_key,
+            api,
             ..
         } = self;
+        drop(api); // it holds the stores, which the new server opens
         start(dir, root_key, release_key).await
     }
 }
