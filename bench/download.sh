@@ -25,7 +25,7 @@ BLOB="$(find "$WORK/fc/data" -type f -name "*$SHA*" -print | head -1)"
 cmp -s "$BLOB" "$WORK/fw.bin" || die "$BLOB is not the artifact"
 mkdir -p "$WORK/www"
 ln "$BLOB" "$WORK/www/fw.bin"
-nginx_start "$WORK/www" "sendfile on; tcp_nopush on;"
+nginx_start "$WORK/www"
 
 [ "$(curl -fsS "$FC_URL$ART" | sha256sum | cut -d' ' -f1)" = "$SHA" ] || die "firmcast download differs"
 [ "$(curl -fsS "$NGINX_URL/fw.bin" | sha256sum | cut -d' ' -f1)" = "$SHA" ] || die "nginx download differs"

@@ -141,6 +141,7 @@ data_dir = "$dir/data"
 [limits]
 per_ip_rps = 1000000000.0
 per_ip_burst = 1000000000
+max_in_flight_per_client = 60000
 
 [signing]
 keyset = "$dir/keys/keyset.json"
@@ -163,8 +164,10 @@ firmcast_start() {
     wait_http "$URL/readyz"
 }
 
-# nginx_start WWW-DIR EXTRA-HTTP-CONFIG: nginx in the foreground under our own
-# prefix, one worker pinned to SERVER_CPU; sets PID and NGINX_URL.
+# nginx_start WWW-DIR [EXTRA-HTTP-CONFIG]: nginx in the foreground under our
+# own prefix, one worker pinned to SERVER_CPU, configured as a production
+# static server is (sendfile, tcp_nopush, open_file_cache); sets PID and
+# NGINX_URL.
 nginx_start() {
     local www="$1" extra="${2:-}" prefix="$WORK/nginx" port
     port="$(free_port)"
@@ -188,6 +191,12 @@ http {
     uwsgi_temp_path $prefix/tmp/uwsgi;
     scgi_temp_path $prefix/tmp/scgi;
     tcp_nodelay on;
+    sendfile on;
+    tcp_nopush on;
+    open_file_cache max=10000 inactive=60s;
+    open_file_cache_valid 60s;
+    open_file_cache_min_uses 1;
+    open_file_cache_errors on;
     $extra
     server {
         listen 127.0.0.1:$port;

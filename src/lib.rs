@@ -1,17 +1,27 @@
 //! firmcast: firmware-update and push-notification distribution.
 //!
-//! Component map (see DESIGN.md in the shared docs for the contract):
-//! - [`app`]: `Application::build(settings)` wires the backends, binds, and
-//!   `run_until_stopped(shutdown)` serves; tests run it on port 0.
-//! - [`api`]: warp filters and handlers: updates, artifacts, admin, ops.
+//! Component map (DESIGN.md in the shared docs is the contract; ARCHITECTURE.md
+//! walks one request through these rooms):
+//! - [`app`]: `Application::build(settings)` opens the backends and builds
+//!   the services; `run_until_stopped(shutdown)` accepts, spawns, serves.
+//! - [`edge`]: everything between a socket and a handler, as named layers:
+//!   the connection watchdog, client address, the route table
+//!   ([`edge::route::Route`]), admission (rates, per-client and pool caps),
+//!   request body pace, the request log.
+//! - [`api`]: the handlers by area (updates, artifacts, admin, jobs, push,
+//!   ops) and the one place a route meets its handler.
+//! - [`releases`]: the owner of release changes: publish, patch, audit, and
+//!   the catalog kept in step with other instances.
 //! - [`catalog`]: the in-memory snapshot the update check reads, swapped
 //!   atomically; offer selection, staged rollout, freshness statements.
-//! - [`state`]: `StateStore` (releases, rollout state, audit): embedded
-//!   (redb) or Redis; one conformance suite for both.
-//! - [`blob`]: `BlobStore` (firmware bytes by sha256): local directory or S3.
-//! - [`push`]: the APNs (HTTP/2, ES256 JWT) and FCM v1 (OAuth2) providers.
-//! - [`fanout`]: push subscriptions, notification jobs, the durable batch
-//!   queue and the workers that drain it.
+//! - [`storage`]: the backend (embedded redb files or one Redis link),
+//!   opened once and shared by the stores built on it.
+//! - [`state`]: `StateStore` (releases, rollout state, audit); [`fanout`]:
+//!   `PushStore` (subscriptions, jobs, the batch queue) and the workers
+//!   that drain it. Each store has one conformance suite for both backends.
+//! - [`blob`]: `BlobStore` (firmware bytes by sha256): local directory or S3,
+//!   and the sweep of uploads no release names.
+//! - [`push`]: the APNs (HTTP/2, ES256 JWT) and FCM v1 (OAuth2) senders.
 //! - [`config`]: layered typed settings; [`error`]: `ApiError` at the edge.
 //! - [`metrics`], [`privacy`]: counters without client data; IP prefixes.
 //! - [`cli`]: the `firmcast` commands; thin wrappers over the library.
