@@ -28,6 +28,14 @@ impl PublicKey {
         })?;
         let key = VerifyingKey::from_bytes(&raw)
             .map_err(|_| Error::invalid("public key", "not a valid Ed25519 point"))?;
+        // A small-order point signs nothing honestly: some signatures check
+        // out under it for any message.
+        if key.is_weak() {
+            return Err(Error::invalid(
+                "public key",
+                "a small-order (weak) Ed25519 point; generate a real key",
+            ));
+        }
         Ok(Self::from_verifying(key))
     }
 
@@ -286,5 +294,27 @@ mod tests {
         assert!(!a.public().verify(b"n", &sig));
         assert!(!b.public().verify(b"m", &sig));
         assert!(!a.public().verify(b"m", &sig[..63]));
+    }
+
+    /// The identity point as a public key: with R = identity and S = 0 the
+    /// lax equation [S]B = R + [k]A holds for every message.
+    const IDENTITY: [u8; 32] = {
+        let mut p = [0u8; 32];
+        p[0] = 1;
+        p
+    };
+
+    #[test]
+    fn weak_keys_are_refused_and_their_universal_signatures_never_verify() {
+        let err = PublicKey::from_raw(&IDENTITY).unwrap_err();
+        assert!(err.to_string().contains("weak"), "{err}");
+        // Even if one got in (a keyset parsed by an older build), strict
+        // verification refuses what lax verification would accept.
+        let weak = PublicKey::from_verifying(VerifyingKey::from_bytes(&IDENTITY).unwrap());
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&IDENTITY);
+        for message in [&b"any firmware"[..], b"another", b""] {
+            assert!(!weak.verify(message, &sig), "{message:?}");
+        }
     }
 }

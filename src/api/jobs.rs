@@ -4,7 +4,7 @@ use super::{check_names, json, parse_json, read_json_body, Api, MAX_JSON_BODY};
 use crate::edge::body::RequestBody;
 use crate::edge::Response;
 use crate::error::ApiError;
-use crate::fanout::{Job, JobState, PushStore};
+use crate::fanout::{Job, PushStore};
 use crate::releases::Actor;
 use hyper::http::request::Parts;
 use hyper::StatusCode;
@@ -139,7 +139,7 @@ pub async fn get(push: &dyn PushStore, id: &str) -> Result<Response, ApiError> {
 /// `DELETE /v1/admin/jobs/{id}`: no batch starts after this answer.
 pub async fn cancel(api: &Api, actor: &Actor, id: &str) -> Result<Response, ApiError> {
     check_job_id(id)?;
-    let job = api.push.set_job_state(id, JobState::Cancelled).await?;
+    let job = api.fanout.cancel(id).await?;
     api.releases
         .audit(actor, "job.cancel", id.to_owned(), serde_json::json!({}))
         .await?;

@@ -56,6 +56,28 @@ mod tests {
     }
 
     #[test]
+    fn each_release_samples_its_own_clients_and_raising_keeps_them() {
+        let ips: Vec<IpAddr> = (0..20_000u32)
+            .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i * 7)))
+            .collect();
+        let share = |seed: u64, bp: u16| -> Vec<bool> {
+            ips.iter().map(|ip| in_rollout(seed, bp, *ip)).collect()
+        };
+        let (a, b) = (share(11, 5_000), share(12, 5_000));
+        let n = ips.len() as f64;
+        let count = |v: &[bool]| v.iter().filter(|x| **x).count() as f64 / n;
+        assert!((0.47..0.53).contains(&count(&a)), "{}", count(&a));
+        assert!((0.47..0.53).contains(&count(&b)), "{}", count(&b));
+        // Independent samples overlap by about a quarter, not a half.
+        let both = a.iter().zip(&b).filter(|(x, y)| **x && **y).count() as f64 / n;
+        assert!((0.22..0.28).contains(&both), "overlap {both}");
+        // 30% -> 60%: everyone who had it keeps it; about as many join.
+        let (low, high) = (share(11, 3_000), share(11, 6_000));
+        assert!(low.iter().zip(&high).all(|(l, h)| !l || *h));
+        assert!((0.57..0.63).contains(&count(&high)), "{}", count(&high));
+    }
+
+    #[test]
     fn ipv6_by_slash_64_and_mapped_v4_as_v4() {
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();

@@ -84,9 +84,38 @@ pub struct Fanout {
     /// Sends one batch may have in flight (`push.in_flight`): one batch can
     /// fill a provider's window while the other workers load theirs.
     pub batch_concurrency: usize,
+    /// Jobs cancelled through this instance, newest last: its workers stop
+    /// sending for them at once; other instances' workers learn it from the
+    /// store within [`WATCH_JOB`].
+    pub cancelled: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
+/// How often a running batch re-reads its job, to stop when it was
+/// cancelled or failed elsewhere.
+const WATCH_JOB: Duration = Duration::from_millis(250);
+/// Cancelled job ids remembered for [`Fanout::cancelled`].
+const CANCELLED_KEPT: usize = 256;
+
 impl Fanout {
+    /// Marks `job` cancelled in the store, and stops this instance's
+    /// workers sending for it before the call returns: no send starts
+    /// after a cancel is acknowledged.
+    pub async fn cancel(&self, job: &str) -> Result<super::Job, PushError> {
+        {
+            let mut cancelled = self.cancelled.lock().unwrap_or_else(|e| e.into_inner());
+            cancelled.push_back(job.to_owned());
+            if cancelled.len() > CANCELLED_KEPT {
+                cancelled.pop_front();
+            }
+        }
+        self.store.set_job_state(job, JobState::Cancelled).await
+    }
+
+    fn cancelled_here(&self, job: &str) -> bool {
+        let cancelled = self.cancelled.lock().unwrap_or_else(|e| e.into_inner());
+        cancelled.iter().any(|j| j == job)
+    }
+
     /// The providers `[push.apns]` and `[push.fcm]` enable, over `store`.
     pub fn from_settings(
         settings: &crate::config::Settings,
@@ -118,6 +147,7 @@ impl Fanout {
             metrics: Default::default(),
             stale: Duration::from_secs(p.stale_batch_secs.max(1)),
             batch_concurrency: p.in_flight.max(1),
+            cancelled: Default::default(),
             consumer: format!(
                 "{}-{}",
                 std::process::id(),
@@ -192,10 +222,19 @@ impl Fanout {
         let notices = self.prepare_notices(&release, &subs);
         let fatal = std::sync::Mutex::new(None::<String>);
         let delta = std::sync::Mutex::new(JobCounters::default());
-        futures_util::stream::iter(&subs)
-            .for_each_concurrent(self.batch_concurrency.max(1), |sub| {
-                let (notices, fatal, delta) = (&notices, &fatal, &delta);
+        // Set when the job stops (cancelled, failed here or elsewhere): no
+        // further send of this batch starts.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let finished = std::sync::atomic::AtomicBool::new(false);
+        let sending = futures_util::stream::iter(&subs).for_each_concurrent(
+            self.batch_concurrency.max(1),
+            |sub| {
+                let (notices, fatal, delta, stop) = (&notices, &fatal, &delta, &stop);
+                let job_id = job.id.as_str();
                 async move {
+                    if stop.load(Relaxed) || self.cancelled_here(job_id) {
+                        return;
+                    }
                     let prepared = notices.get(&(sub.provider, sub.locale.as_str()));
                     let result = self.deliver(sub, prepared).await;
                     let mut d = delta.lock().expect("no panics under this lock");
@@ -206,12 +245,28 @@ impl Fanout {
                         Outcome::Failed => d.failed += 1,
                         Outcome::Fatal(reason) => {
                             d.failed += 1;
+                            stop.store(true, Relaxed);
                             *fatal.lock().expect("no panics under this lock") = Some(reason);
                         }
                     }
                 }
-            })
-            .await;
+            },
+        );
+        let sending = async {
+            sending.await;
+            finished.store(true, Relaxed);
+        };
+        let watching = async {
+            while !finished.load(Relaxed) && !stop.load(Relaxed) {
+                tokio::time::sleep(WATCH_JOB).await;
+                if let Ok(Some(now)) = self.store.get_job(&job.id).await {
+                    if now.state.is_final() {
+                        stop.store(true, Relaxed);
+                    }
+                }
+            }
+        };
+        tokio::join!(sending, watching);
         let delta = delta.into_inner().expect("no panics under this lock");
         if let Some(reason) = fatal.into_inner().expect("no panics under this lock") {
             self.metrics.fatal.fetch_add(1, Relaxed);

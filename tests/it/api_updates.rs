@@ -178,6 +178,67 @@ async fn staged_rollout_is_deterministic_per_source_address() {
     app.stop().await;
 }
 
+/// Which of `clients` (behind a trusted proxy) are offered `product`.
+async fn offered_to(app: &support::app::TestApp, product: &str, clients: &[String]) -> Vec<bool> {
+    let mut out = Vec::new();
+    for c in clients {
+        let a: Value = app
+            .client
+            .get(format!("{}/v1/updates/{product}/1.0.0", app.url))
+            .header("x-forwarded-for", c)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        out.push(offered_version(&a).is_some());
+    }
+    out
+}
+
+#[tokio::test]
+async fn each_release_reaches_its_own_sample_and_raising_the_rollout_keeps_it() {
+    let app = support::app::spawn_app_with_server("trusted_proxies = [\"127.0.0.0/8\"]", "").await;
+    let (a, b) = (firmware(100, 1), firmware(100, 2));
+    app.publish(&Rel::new("P", "2.0.0", 1, &a), 50.0).await;
+    app.publish(&Rel::new("Q", "2.0.0", 1, &b), 50.0).await;
+    let clients: Vec<String> = (0..400)
+        .map(|i| format!("198.51.{}.{}", i / 200, i % 200 + 1))
+        .collect();
+    let p = offered_to(&app, "P", &clients).await;
+    let q = offered_to(&app, "Q", &clients).await;
+    let share = |v: &[bool]| v.iter().filter(|x| **x).count();
+    assert!((150..=250).contains(&share(&p)), "P reached {}", share(&p));
+    assert!((150..=250).contains(&share(&q)), "Q reached {}", share(&q));
+    // Two releases at 50% sample independently: about a quarter get both.
+    let both = p.iter().zip(&q).filter(|(x, y)| **x && **y).count();
+    assert!(
+        (60..=140).contains(&both),
+        "{both} of 400 got both: the same sample?"
+    );
+
+    // 30% -> 60%: everyone who had it keeps it, and others join.
+    app.patch("P", "2.0.0", json!({"rollout": 30})).await;
+    let low = offered_to(&app, "P", &clients).await;
+    app.patch("P", "2.0.0", json!({"rollout": 60})).await;
+    let high = offered_to(&app, "P", &clients).await;
+    for (i, (l, h)) in low.iter().zip(&high).enumerate() {
+        assert!(
+            !l || *h,
+            "{} lost the release when the rollout went up",
+            clients[i]
+        );
+    }
+    assert!(
+        share(&high) > share(&low) + 60,
+        "{} -> {}",
+        share(&low),
+        share(&high)
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn pause_and_yank_withdraw_offers() {
     let app = spawn_app().await;

@@ -238,8 +238,15 @@ fn redis_down_keeps_checks_and_downloads_and_refuses_writes_fast() {
     let ready = http.get(format!("{}/readyz", a.url)).send().unwrap();
     assert_eq!(ready.status(), 503);
     let ready: serde_json::Value = ready.json().unwrap();
-    assert_ne!(ready["state"]["status"], "ok", "{ready}");
+    // It names the backend that is down, and why.
+    assert_eq!(ready["state"]["backend"], "redis", "{ready}");
+    let why = ready["state"]["status"].as_str().unwrap();
+    assert!(
+        why.contains("redis") && why.contains("unavailable"),
+        "{ready}"
+    );
     assert_eq!(ready["blob"]["status"], "ok", "{ready}");
+    assert_eq!(ready["ready"], false, "{ready}");
 
     // Redis comes back (with its data): writes work again, no restart.
     redis.restart();
@@ -284,7 +291,10 @@ fn s3_down_fails_downloads_fast_and_checks_go_on() {
         .unwrap()
         .json()
         .unwrap();
-    assert_ne!(ready["blob"]["status"], "ok", "{ready}");
+    assert_eq!(ready["blob"]["backend"], "s3", "{ready}");
+    let why = ready["blob"]["status"].as_str().unwrap();
+    assert!(why.contains("s3") && why.contains("unavailable"), "{ready}");
+    assert_eq!(ready["state"]["status"], "ok", "{ready}");
 }
 
 #[test]

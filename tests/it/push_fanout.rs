@@ -143,10 +143,18 @@ async fn fan_out_reaches_every_subscriber_once_and_prunes_dead_tokens() {
     // Dead and flaky tokens.
     f.apns
         .fail_always(&apns_token(1), ApnsFault::BadDeviceToken);
+    // Unregistered after its last registration: dead. Unregistered before
+    // the app registered it again (it is valid again): kept.
     f.apns.fail_always(
         &apns_token(2),
         ApnsFault::Unregistered {
             timestamp_ms: chrono::Utc::now().timestamp_millis() + 60_000,
+        },
+    );
+    f.apns.fail_always(
+        &apns_token(4),
+        ApnsFault::Unregistered {
+            timestamp_ms: chrono::Utc::now().timestamp_millis() - 600_000,
         },
     );
     f.apns.fail_once(
@@ -189,14 +197,14 @@ async fn fan_out_reaches_every_subscriber_once_and_prunes_dead_tokens() {
     assert_eq!(j["state"], "done", "{j}");
     assert_eq!(j["total"], 2 * n);
     assert_eq!(j["removed"], 4, "{j}");
-    assert_eq!(j["sent"], 2 * n - 4, "{j}");
-    assert_eq!(j["failed"], 0, "{j}");
+    assert_eq!(j["sent"], 2 * n - 5, "{j}");
+    assert_eq!(j["failed"], 1, "the re-registered token: {j}");
     assert_eq!(j["retried"], 2, "{j}");
 
     // Once each, localized, with the product's collapse id.
     assert_eq!(f.apns.delivered_to(&apns_token(10)), 1);
     assert_eq!(f.fcm.delivered_to(&fcm_token(10)), 1);
-    assert_eq!(f.apns.delivered_with_collapse_id("fw.Buds"), n - 2);
+    assert_eq!(f.apns.delivered_with_collapse_id("fw.Buds"), n - 3);
     let ja = f
         .apns
         .deliveries()
@@ -212,7 +220,7 @@ async fn fan_out_reaches_every_subscriber_once_and_prunes_dead_tokens() {
     // One provider token for all those sends, not one per request.
     assert!(f.apns.distinct_jwts() <= 2, "{}", f.apns.distinct_jwts());
 
-    // Dead tokens are gone: a new dry run counts four fewer.
+    // Dead tokens are gone, the re-registered one stays: four fewer.
     let dry: Value = notify(&app, "Buds", "2.0.0", json!({"dry_run": true}))
         .await
         .json()
@@ -232,7 +240,7 @@ async fn fan_out_reaches_every_subscriber_once_and_prunes_dead_tokens() {
     assert!(
         m.contains(&format!(
             "firmcast_push_total{{provider=\"apns\",outcome=\"sent\"}} {}",
-            n - 2
+            n - 3
         )),
         "{m}"
     );
@@ -342,14 +350,19 @@ async fn notify_refuses_partial_rollouts_unless_forced_and_bad_input_is_explaine
 #[tokio::test]
 async fn credential_errors_stop_the_job_and_keep_tokens() {
     let f = fakes().await;
-    let app = spawn_app_with(&f.config).await;
+    let app = spawn_app_with(
+        &f.config
+            .replacen("workers = 4", "workers = 1\nin_flight = 4", 1),
+    )
+    .await;
     let fw = firmware(100, 1);
     app.publish(&Rel::new("P", "1.0.0", 1, &fw), 100.0).await;
-    for i in 0..5 {
+    let n = 1200; // three batches
+    for i in 0..n {
         subscribe(&app, "fcm", &fcm_token(i), &["P"], "en").await;
+        f.fcm
+            .fail_always(&fcm_token(i), FcmFault::ThirdPartyAuthError);
     }
-    f.fcm
-        .fail_always(&fcm_token(0), FcmFault::ThirdPartyAuthError);
     let id = notify(&app, "P", "1.0.0", json!({}))
         .await
         .json::<Value>()
@@ -360,13 +373,21 @@ async fn credential_errors_stop_the_job_and_keep_tokens() {
         .to_owned();
     let j = wait_done(&app, &id).await;
     assert_eq!(j["state"], "failed", "{j}");
+    assert!(j["reason"].as_str().unwrap().contains("fcm"), "{j}");
     assert_eq!(j["removed"], 0, "{j}");
+    // The first answer stops the job: what was already in flight, and no
+    // later send, let alone a later batch.
+    let sends = f.fcm.send_requests();
+    assert!(
+        (1..=4).contains(&sends),
+        "{sends} sends after a credential error"
+    );
     let dry: Value = notify(&app, "P", "1.0.0", json!({"dry_run": true}))
         .await
         .json()
         .await
         .unwrap();
-    assert_eq!(dry["total"], 5, "tokens kept");
+    assert_eq!(dry["total"], n, "tokens kept");
     let m = app
         .client
         .get(format!("{}/metrics", app.url))
@@ -477,6 +498,18 @@ async fn fan_out_to_100k_tokens_has_exact_counters() {
     app.stop().await;
 }
 
+/// Polls `cond` every 10 ms until it holds; fails after `secs`.
+async fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_job_stops_sending() {
     let f = fakes().await;
@@ -501,9 +534,7 @@ async fn a_cancelled_job_stops_sending() {
         .as_str()
         .unwrap()
         .to_owned();
-    while f.fcm.send_requests() < 10 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(10, "ten sends", || f.fcm.send_requests() >= 10).await;
     let r = app
         .client
         .delete(format!("{}/v1/admin/jobs/{id}", app.url))
@@ -513,18 +544,20 @@ async fn a_cancelled_job_stops_sending() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["state"], "cancelled");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let j = job(&app, &id).await;
-    assert_eq!(
-        j["state"], "cancelled",
-        "a late batch does not un-cancel: {j}"
-    );
-    // The batch in flight may finish; the other batches are never sent.
+    // Counted at the fake: once the cancel is acknowledged, no send starts
+    // (at most the `in_flight` sends already on the wire arrive), while the
+    // job would otherwise go on for seconds.
+    let at_cancel = f.fcm.send_requests();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = f.fcm.send_requests();
     assert!(
-        f.fcm.send_requests() <= 500,
-        "{} sends after cancel",
-        f.fcm.send_requests()
+        after <= at_cancel + 2,
+        "{} sends after the cancel",
+        after - at_cancel
     );
+    assert!(at_cancel < 500, "the job was cancelled mid-batch");
+    let j = job(&app, &id).await;
+    assert_eq!(j["state"], "cancelled", "{j}");
     app.stop().await;
 }
 
@@ -552,9 +585,7 @@ async fn unsubscribing_during_a_running_job_drops_the_token_from_pending_batches
         .as_str()
         .unwrap()
         .to_owned();
-    while f.fcm.send_requests() < 10 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(10, "ten sends", || f.fcm.send_requests() >= 10).await;
     // The last batch is still queued: its tokens leave before it is sent.
     let leaving: Vec<usize> = (n - 20..n).collect();
     for &i in &leaving {
@@ -591,23 +622,22 @@ async fn auto_notify_tells_subscribers_when_a_release_goes_live_at_100_percent()
     .await;
     subscribe(&app, "apns", &apns_token(1), &["Auto"], "en").await;
     let (a, b) = (firmware(100, 1), firmware(100, 2));
-    // Staged: nobody is told yet.
+    // Staged: nobody is told. Then live for everyone: told once. Had the
+    // staged release started a job, its batch would have been queued, and
+    // sent, first.
     app.publish(&Rel::new("Auto", "1.0.0", 1, &a), 50.0).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(f.apns.delivered_to(&apns_token(1)), 0);
-    // Live for everyone: told once.
     app.publish(&Rel::new("Auto", "1.1.0", 2, &b), 100.0).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while f.apns.delivered_to(&apns_token(1)) == 0 {
-        assert!(Instant::now() < deadline, "no notification");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let d = f
+    wait_until(10, "the notification", || {
+        f.apns.delivered_to(&apns_token(1)) > 0
+    })
+    .await;
+    let told: Vec<Value> = f
         .apns
         .deliveries()
         .into_iter()
-        .find(|d| d.token == apns_token(1))
-        .unwrap();
-    assert_eq!(d.payload["version"], "1.1.0", "{}", d.payload);
+        .filter(|d| d.token == apns_token(1))
+        .map(|d| d.payload["version"].clone())
+        .collect();
+    assert_eq!(told, vec![json!("1.1.0")]);
     app.stop().await;
 }
