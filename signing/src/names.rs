@@ -70,6 +70,9 @@ pub fn validate_locale(s: &str) -> Result<()> {
 
 /// Semantic version 2.0 with a field-named error.
 pub fn parse_version(s: &str) -> Result<semver::Version> {
+    if let Some(plain) = plain_version(s) {
+        return Ok(plain);
+    }
     semver::Version::parse(s).map_err(|e| {
         Error::invalid(
             "version",
@@ -79,6 +82,38 @@ pub fn parse_version(s: &str) -> Result<semver::Version> {
             ),
         )
     })
+}
+
+/// `MAJOR.MINOR.PATCH` of decimal numbers without leading zeros, the form
+/// nearly every app sends, read in one pass; anything else (pre-release,
+/// build, a malformed string) is `None`, for semver's general parser.
+fn plain_version(s: &str) -> Option<semver::Version> {
+    let mut parts = [0u64; 3];
+    let mut at = 0;
+    let mut digits = 0;
+    let mut leading_zero = false;
+    for &b in s.as_bytes() {
+        match b {
+            b'0'..=b'9' => {
+                if leading_zero {
+                    return None;
+                }
+                leading_zero = digits == 0 && b == b'0';
+                let part = parts[at]
+                    .checked_mul(10)?
+                    .checked_add(u64::from(b - b'0'))?;
+                parts[at] = part;
+                digits += 1;
+            }
+            b'.' if digits > 0 && at < 2 => {
+                at += 1;
+                digits = 0;
+                leading_zero = false;
+            }
+            _ => return None,
+        }
+    }
+    (at == 2 && digits > 0).then(|| semver::Version::new(parts[0], parts[1], parts[2]))
 }
 
 /// Keeps hostile inputs from flooding error messages and logs.
@@ -97,6 +132,49 @@ pub(crate) fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The one-pass reader takes exactly what semver takes in its
+        /// shape, and reads it alike.
+        #[test]
+        fn plain_versions_read_as_semver_reads_them(s in "[0-9.]{0,24}|[0-9]{1,21}\\.[0-9]{1,3}\\.[0-9]{1,21}") {
+            match (plain_version(&s), semver::Version::parse(&s)) {
+                (Some(fast), Ok(slow)) => prop_assert_eq!(fast, slow),
+                (Some(fast), Err(e)) => prop_assert!(false, "{s:?} read as {fast} but semver says {e}"),
+                (None, Ok(slow)) => prop_assert!(
+                    !slow.pre.is_empty() || !slow.build.is_empty(),
+                    "{s:?} left to semver, which reads it plain"
+                ),
+                (None, Err(_)) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn plain_versions_and_their_near_misses() {
+        for ok in ["0.0.0", "2.1.0", "10.20.30", "18446744073709551615.0.1"] {
+            assert_eq!(
+                plain_version(ok),
+                Some(semver::Version::parse(ok).unwrap()),
+                "{ok}"
+            );
+        }
+        for other in [
+            "01.2.3",
+            "1.02.3",
+            "1.2",
+            "1.2.3.4",
+            "1..3",
+            ".1.2",
+            "1.2.",
+            "1.2.3-rc.1",
+            "18446744073709551616.0.0",
+            "",
+        ] {
+            assert_eq!(plain_version(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn products() {

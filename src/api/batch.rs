@@ -613,10 +613,11 @@ mod tests {
             let item = Item { product: &product, version: &version, channel: &channel, plain };
             let (offer, freshness) = (offer.map(Bytes::from), Bytes::from_static(b"{\"f\":1}"));
             let errors = [ApiError::bad_request("bad_version", message)];
+            let cell = std::sync::OnceLock::new();
             let outcome = if failed {
                 Outcome::Error(0)
             } else {
-                Outcome::Answer(Answer { offer: offer.as_ref(), seq: 1, freshness: &freshness, cached: None })
+                Outcome::Answer(Answer { offer: offer.as_ref(), seq: 1, freshness: &freshness, statement: 1, cached: &cell })
             };
             let (mut len, mut out) = (0, Vec::new());
             put_item(&mut |t: &[u8]| len += t.len(), &item, outcome, &errors);

@@ -2,7 +2,7 @@
 //! pre-serialized offers and freshness statements; nothing is stored.
 
 use super::json_response;
-use crate::catalog::{Catalog, Snapshot};
+use crate::catalog::{CachedAnswer, Catalog, Snapshot};
 use crate::edge::Response;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -63,8 +63,10 @@ pub(super) struct Answer<'a> {
     pub offer: Option<&'a Bytes>,
     pub seq: u64,
     pub freshness: &'a Bytes,
+    /// The statement the answer is built on (see the catalog).
+    pub statement: u64,
     /// Where the catalog keeps this whole answer once written.
-    pub cached: Option<&'a OnceLock<Bytes>>,
+    pub cached: &'a OnceLock<CachedAnswer>,
 }
 
 pub(super) fn resolve<'a>(
@@ -100,7 +102,8 @@ pub(super) fn resolve<'a>(
         offer: offer.map(|r| &r.offer_json),
         seq: offer.map(|r| r.manifest.seq).unwrap_or(0),
         freshness: resolved.freshness,
-        cached: Some(resolved.answer),
+        statement: resolved.statement,
+        cached: resolved.answer,
     })
 }
 
@@ -145,19 +148,29 @@ pub fn check(
     } else {
         "none"
     });
-    let etag = etag(snap.generation, answer.seq);
-    if none_match(headers, &etag) {
-        let mut resp = Response::new(crate::edge::body::Body::empty());
-        *resp.status_mut() = StatusCode::NOT_MODIFIED;
-        set_cache_headers(&mut resp, etag);
-        return resp;
+    if let Some(tags) = if_none_match(headers) {
+        let etag = etag(answer.statement, answer.seq);
+        if names(tags, &etag) {
+            let mut resp = Response::new(crate::edge::body::Body::empty());
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            set_cache_headers(resp.headers_mut(), etag);
+            return resp;
+        }
     }
-    let body = match answer.cached {
-        Some(cell) => cell.get_or_init(|| whole_answer(&answer)).clone(),
-        None => whole_answer(&answer),
-    };
-    let mut resp = json_response(StatusCode::OK, body);
-    set_cache_headers(&mut resp, etag);
+    let cached = answer.cached.get_or_init(|| {
+        let mut headers = hyper::HeaderMap::with_capacity(3);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        set_cache_headers(&mut headers, etag(answer.statement, answer.seq));
+        CachedAnswer {
+            body: whole_answer(&answer),
+            headers,
+        }
+    });
+    let mut resp = Response::new(crate::edge::body::Body::Full(cached.body.clone()));
+    *resp.headers_mut() = cached.headers.clone();
     resp
 }
 
@@ -187,19 +200,22 @@ fn channel(query: Option<&str>) -> Result<Option<Cow<'_, str>>, ApiError> {
     Ok(found)
 }
 
-/// True when an `If-None-Match` names `etag` (or is `*`).
-fn none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
-    headers.get_all(header::IF_NONE_MATCH).iter().any(|v| {
-        v.as_bytes() == etag.as_bytes()
-            || v.as_bytes()
-                .split(|&b| b == b',')
-                .map(|t| t.trim_ascii())
-                .any(|t| {
-                    t == b"*"
-                        || t == etag.as_bytes()
-                        || t.strip_prefix(b"W/") == Some(etag.as_bytes())
-                })
-    })
+/// The `If-None-Match` value, if any: one pass over the few headers an app
+/// sends is cheaper than a lookup.
+fn if_none_match(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers
+        .iter()
+        .find_map(|(name, value)| (name == header::IF_NONE_MATCH).then_some(value))
+}
+
+/// True when a list of entity tags names `etag` (or is `*`).
+fn names(tags: &HeaderValue, etag: &HeaderValue) -> bool {
+    tags.as_bytes() == etag.as_bytes()
+        || tags
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(|t| t.trim_ascii())
+            .any(|t| t == b"*" || t.strip_prefix(b"W/").unwrap_or(t) == etag.as_bytes())
 }
 
 /// `{"update":…,"freshness":…}`, exactly sized: `Bytes` then takes the
@@ -214,9 +230,10 @@ fn whole_answer(answer: &Answer<'_>) -> Bytes {
     Bytes::from(body)
 }
 
-/// Varies with the snapshot (re-signed freshness) and the offered release.
+/// Names the answer's bytes: its statement (re-signed freshness, or a
+/// changed product, makes a new one) and the offered release.
 /// Hex written by hand: `format!` costs more than the rest of the check.
-fn etag(generation: u64, seq: u64) -> HeaderValue {
+fn etag(statement: u64, seq: u64) -> HeaderValue {
     fn hex(out: &mut [u8; 36], at: &mut usize, n: u64) {
         let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
         for i in (0..digits).rev() {
@@ -227,7 +244,7 @@ fn etag(generation: u64, seq: u64) -> HeaderValue {
     // On the stack, then copied once into an exactly sized buffer.
     let mut tag = [b'"'; 36];
     let mut at = 1;
-    hex(&mut tag, &mut at, generation);
+    hex(&mut tag, &mut at, statement);
     tag[at] = b'-';
     at += 1;
     hex(&mut tag, &mut at, seq);
@@ -235,8 +252,7 @@ fn etag(generation: u64, seq: u64) -> HeaderValue {
 }
 
 /// Rollout answers differ per client address, so only the client may cache.
-fn set_cache_headers(resp: &mut Response, etag: HeaderValue) {
-    let h = resp.headers_mut();
+fn set_cache_headers(h: &mut HeaderMap, etag: HeaderValue) {
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=60"),

@@ -165,12 +165,26 @@ impl std::fmt::Debug for Stamp {
 /// signs only what clients ask for, once per build.
 #[derive(Debug)]
 struct Statement {
+    /// Unique for the process: the answers built on this statement are the
+    /// same bytes exactly as long as the statement lives (it is shared by
+    /// snapshots in which its product did not change).
+    id: u64,
     latest_seq: u64,
     signed: OnceLock<Bytes>,
     /// The whole answer to a plain check, per offered release (by index in
     /// `releases`; the last for no offer), built on first use: the hot path
-    /// then sends shared bytes instead of allocating and copying ~2 kB.
-    answers: OnceLock<Box<[OnceLock<Bytes>]>>,
+    /// then sends shared bytes and headers instead of building them.
+    answers: OnceLock<Box<[OnceLock<CachedAnswer>]>>,
+}
+
+static NEXT_STATEMENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The whole HTTP answer to a plain check for one statement and offer:
+/// built once by the API, then sent as it is.
+#[derive(Debug)]
+pub struct CachedAnswer {
+    pub body: Bytes,
+    pub headers: hyper::HeaderMap,
 }
 
 /// What a check resolved to in one product: the offer, if any, and the
@@ -178,8 +192,10 @@ struct Statement {
 pub struct Resolved<'a> {
     pub offer: Option<&'a Arc<Release>>,
     pub freshness: &'a Bytes,
+    /// Identifies the statement (and with the offer, the answer's bytes).
+    pub statement: u64,
     /// Where the whole answer for this offer and statement is kept.
-    pub answer: &'a OnceLock<Bytes>,
+    pub answer: &'a OnceLock<CachedAnswer>,
 }
 
 impl ProductCatalog {
@@ -226,6 +242,7 @@ impl ProductCatalog {
         Some(Resolved {
             offer: index.map(|i| &self.releases[i]),
             freshness: self.signed(channel, statement),
+            statement: statement.id,
             answer: &answers[index.unwrap_or(self.releases.len())],
         })
     }
@@ -438,6 +455,7 @@ impl Catalog {
                 .max()
                 .unwrap_or(0);
             let statement = Statement {
+                id: NEXT_STATEMENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 latest_seq,
                 signed: OnceLock::new(),
                 answers: OnceLock::new(),

@@ -88,6 +88,37 @@ pub enum NoRoute {
 impl<'a> Route<'a> {
     /// The route for `method` and `path` (without the query).
     pub fn parse(method: &Method, path: &'a str) -> Result<Route<'a>, NoRoute> {
+        // The update check, nearly every request: two searches for '/'.
+        if let Some(rest) = path.strip_prefix("/v1/updates/") {
+            // One pass: where the one '/' is, and whether anything is escaped.
+            let (mut slash, mut slashes, mut escaped) = (0, 0, false);
+            for (i, &b) in rest.as_bytes().iter().enumerate() {
+                match b {
+                    b'/' => {
+                        slash = i;
+                        slashes += 1;
+                    }
+                    b'%' => escaped = true,
+                    _ => {}
+                }
+            }
+            if slashes == 1 && slash > 0 && slash + 1 < rest.len() {
+                if *method != Method::GET && *method != Method::HEAD {
+                    return Err(NoRoute::MethodNotAllowed { allow: "GET, HEAD" });
+                }
+                let (product, version) = (&rest[..slash], &rest[slash + 1..]);
+                let p = |s: &'a str| if escaped { decode(s) } else { Cow::Borrowed(s) };
+                return Ok(Route::Check {
+                    product: p(product),
+                    version: p(version),
+                });
+            }
+        }
+        Self::parse_any(method, path)
+    }
+
+    /// Every route, segment by segment.
+    fn parse_any(method: &Method, path: &'a str) -> Result<Route<'a>, NoRoute> {
         let rest = path.strip_prefix('/').ok_or(NoRoute::NotFound)?;
         let mut segs = rest.split('/');
         let s: [Option<&'a str>; 7] = std::array::from_fn(|_| segs.next());
@@ -414,6 +445,21 @@ fn decode(s: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_checks_fast_path_agrees_with_the_general_parser(
+            parts in prop::collection::vec(
+                prop::sample::select(vec!["/", "v1", "updates", "/v1/updates/", "P", "1.0.0", "%2D", "%", "x", ""]),
+                0..8,
+            ),
+            method in prop::sample::select(vec![Method::GET, Method::HEAD, Method::POST, Method::DELETE]),
+        ) {
+            let path = parts.concat();
+            prop_assert_eq!(Route::parse(&method, &path), Route::parse_any(&method, &path), "{}", path);
+        }
+    }
 
     fn route(m: Method, path: &str) -> Result<Route<'_>, NoRoute> {
         Route::parse(&m, path)
