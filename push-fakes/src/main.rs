@@ -2,11 +2,17 @@
 //! benchmarks, write the credentials firmcast needs, print where they are.
 //!
 //! ```text
-//! firmcast-push-fakes [--apns-port N] [--fcm-port N] [--dir DIR]
+//! firmcast-push-fakes [--apns-port N] [--fcm-port N] [--dir DIR] [--stats-ms N]
 //! ```
 //!
 //! Ports default to 0 (any free port). DIR (default `./push-fakes`) receives
 //! `apns.p8`, `apns-ca.pem` and `fcm.json`. Runs until Ctrl-C.
+//!
+//! `--stats-ms N` (for `bench/fanout.sh`) prints what the fakes counted,
+//! checked every N ms and printed when it changed (and once at start):
+//! `stats t=<unix seconds> apns_requests=.. apns_delivered=.. fcm_requests=..
+//! fcm_delivered=.. fcm_token_requests=..`. The bench measures each
+//! provider's rate from these lines, i.e. by what the fake received.
 //!
 //! Both fakes share one thread (a current-thread tokio runtime): the
 //! benchmarks pin them to one core, where a multi-thread runtime only adds
@@ -21,11 +27,14 @@ use std::process::ExitCode;
 
 use firmcast_push_fakes::{ApnsFake, ApnsOptions, FcmFake, FcmOptions};
 
-const USAGE: &str = "usage: firmcast-push-fakes [--apns-port N] [--fcm-port N] [--dir DIR]
+const USAGE: &str =
+    "usage: firmcast-push-fakes [--apns-port N] [--fcm-port N] [--dir DIR] [--stats-ms N]
 
 Runs a fake APNs (HTTP/2 + TLS) and a fake FCM v1 (+ OAuth token endpoint)
 on 127.0.0.1, writes apns.p8, apns-ca.pem and fcm.json into DIR, prints the
-matching firmcast config, and serves until Ctrl-C.
+matching firmcast config, and serves until Ctrl-C. With --stats-ms N, prints
+a `stats t=... apns_delivered=... fcm_delivered=...` line whenever the counts
+changed, checked every N ms.
 
 example: firmcast-push-fakes --apns-port 8443 --fcm-port 8444 --dir /tmp/fakes";
 
@@ -33,6 +42,8 @@ struct Args {
     apns_port: u16,
     fcm_port: u16,
     dir: PathBuf,
+    /// 0: no stats lines.
+    stats_ms: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -40,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
         apns_port: 0,
         fcm_port: 0,
         dir: PathBuf::from("push-fakes"),
+        stats_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -56,6 +68,11 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| "--fcm-port: not a port number".to_owned())?
             }
             "--dir" => args.dir = PathBuf::from(value("--dir")?),
+            "--stats-ms" => {
+                args.stats_ms = value("--stats-ms")?
+                    .parse()
+                    .map_err(|_| "--stats-ms: not a number of milliseconds".to_owned())?
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -131,7 +148,39 @@ async fn run(args: Args) -> std::io::Result<()> {
     println!("base_url = \"{}\"", fcm.base_url());
     println!("service_account_file = \"{}\"", account.display());
 
-    tokio::signal::ctrl_c().await?;
+    let stats = async {
+        if args.stats_ms == 0 {
+            return std::future::pending().await;
+        }
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(args.stats_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = None;
+        loop {
+            tick.tick().await;
+            let counts = (
+                apns.total_requests(),
+                apns.delivery_count(),
+                fcm.send_requests(),
+                fcm.delivery_count(),
+                fcm.token_requests(),
+            );
+            if last != Some(counts) {
+                last = Some(counts);
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                println!(
+                    "stats t={t:.6} apns_requests={} apns_delivered={} fcm_requests={} fcm_delivered={} fcm_token_requests={}",
+                    counts.0, counts.1, counts.2, counts.3, counts.4
+                );
+            }
+        }
+    };
+    tokio::select! {
+        stopped = tokio::signal::ctrl_c() => stopped?,
+        () = stats => {}
+    }
     eprintln!(
         "stopping: APNs delivered {}, FCM delivered {}",
         apns.delivery_count(),
