@@ -7,6 +7,7 @@
 #   bench/check.sh [--smoke] [--rounds N] [--duration 8s] [--no-build]
 # BENCH_CALLGRIND=1: instructions per request (callgrind) instead of wrk rounds.
 source "$(dirname "$0")/lib.sh" "$@"
+results_start "$([ "${BENCH_CALLGRIND:-0}" = 0 ] || echo callgrind)"
 
 need_common
 need nginx nginx
@@ -44,6 +45,7 @@ nginx_start "$WORK/www"
 NG_PID=$PID
 cmp -s <(curl -fsS "$NGINX_URL$CHECK_PATH") "$WORK/check.body" || die "nginx does not serve the same bytes"
 
+log "hyper-ref binary: $(binary_id "$BIN/hyper-ref")"
 start hyper-ref taskset -c "$SERVER_CPU" "$BIN/hyper-ref" "$WORK/check.body" "${HDR_ARGS[@]}"
 HY_PID=$PID
 HY_URL="$(wait_for_line "$HY_PID" "$WORK/hyper-ref.log" '^hyper-ref listening on ' 30)"
@@ -66,7 +68,7 @@ if [ "${BENCH_CALLGRIND:-0}" = 1 ]; then
     # Instructions per request under callgrind instead of wrk rounds: the
     # same count whatever else runs on the machine (kernel time not included).
     need valgrind valgrind
-    cg_count() { # cg_count NAME PID OUT URL [WRK-ARGS...]: prints instructions/request
+    cg_count() { # cg_count NAME PID OUT URL [WRK-ARGS...]: an instructions/request row in RAW
         local name="$1" pid="$2" out="$3" url="$4"; shift 4
         taskset -c "$LOAD_CPU" wrk -t1 -c8 -d2s "$@" "$url" >/dev/null
         callgrind_control -z "$pid" >/dev/null 2>&1
@@ -76,8 +78,8 @@ if [ "${BENCH_CALLGRIND:-0}" = 1 ]; then
         dump="$(ls -t "$out".* | head -1)"
         n="$(awk '/requests in/ {print $1}' "$WORK/cg.wrk")"
         ir="$(awk '/^summary:/ {print $2}' "$dump")"
-        printf '%-20s %8d instructions/request (%s requests; %s)\n' "$name" $((ir / n)) "$n" "$dump"
-        echo "$name $((ir / n))" >>"$WORK/cg.counts"
+        printf '   %-20s %8d instructions/request (%s requests; %s)\n' "$name" $((ir / n)) "$n" "$dump" >&2
+        printf '%s\tinstr\t%s\n' "$name" $((ir / n)) >>"$RAW"
     }
     cg_start() { # cg_start NAME OUT CMD...: the command under callgrind; sets PID and CG_URL
         local name="$1" out="$2"; shift 2
@@ -94,10 +96,10 @@ if [ "${BENCH_CALLGRIND:-0}" = 1 ]; then
     stop "$PID"
     cg_start cg.hyper-ref "$WORK/cg.hyper-ref.out" "$BIN/hyper-ref" "$WORK/check.body" "${HDR_ARGS[@]}"
     cg_count "hyper-ref" "$PID" "$WORK/cg.hyper-ref.out" "$CG_URL$CHECK_PATH"
-    awk '{n[$0 ~ /^hyper-ref/ ? "ref" : ($0 ~ /check/ ? "check" : "batch")] = $NF}
-         END { r = n["check"] / n["ref"];
-               printf "firmcast check / hyper-ref instructions: %.2fx (target <= 1.3x): %s\n", r, (r <= 1.3 ? "PASS" : "MISS") }' \
-        "$WORK/cg.counts"
+    echo
+    echo "check + batch, instructions per request under callgrind (wrk -t1 -c8 -d5s after 2 s of warm-up; kernel time not counted): $PRODUCTS products x $RELEASES releases, $(wc -c <"$WORK/check.body")-byte answer, $PROFILE build"
+    report --show "hyper-ref" --show "firmcast batch(3)" \
+        --ratio-max "firmcast check" instr "hyper-ref" 1.3
     exit 0
 fi
 

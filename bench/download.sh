@@ -4,6 +4,7 @@
 # (wrk -c4) and ranged (1 MiB `Range` requests, wrk -c16).
 #   bench/download.sh [--smoke] [--rounds N] [--duration 8s] [--no-build]
 source "$(dirname "$0")/lib.sh" "$@"
+results_start
 
 need_common
 need nginx nginx

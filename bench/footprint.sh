@@ -4,6 +4,7 @@
 # RSS after a burst of update checks.
 #   bench/footprint.sh [--smoke] [--rounds N] [--no-build]
 source "$(dirname "$0")/lib.sh" "$@"
+results_start "$([ "$SMOKE" = 1 ] || [ "${BENCH_FOOTPRINT_PRODUCTS:-2500}" = 2500 ] || echo "${BENCH_FOOTPRINT_PRODUCTS}p")"
 
 need_common
 build --bin firmcast

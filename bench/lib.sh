@@ -5,7 +5,15 @@
 #   --duration D   wrk duration per run (default 8s)
 #   --no-build     use the binaries already in target/
 # Env: BENCH_KEEP=1 keeps the temp dir; BENCH_SERVER_CPU / BENCH_LOAD_CPU pick cores.
+# Raw output: unless --smoke, everything a script prints (stdout and stderr),
+# with the command line, git revision, date, nproc and load average at start
+# and end, is kept in bench/results/YYYY-MM-DD-HHMM-<script>[-<variant>].txt
+# (see results_start). BENCH_RESULTS_DIR=DIR keeps it in DIR instead, also
+# with --smoke (as <name>-smoke.txt; bench/results.py ignores those unless
+# asked); BENCH_VARIANT=NAME adds -NAME to the file name (a build or setting
+# that is not the default: say which).
 set -euo pipefail
+CMDLINE="bench/$(basename "$0") $*"
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH_DIR/.." && pwd)"
@@ -41,11 +49,73 @@ cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+    results_end "$rc"
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# --- raw output --------------------------------------------------------------
+# results_start [VARIANT]: from here on, everything the script prints (stdout
+# and stderr, both to stdout) is also appended to a new raw file in
+# bench/results/ (BENCH_RESULTS_DIR), opened with a header and closed by
+# cleanup with the load average and exit status. Not with --smoke, unless
+# BENCH_RESULTS_DIR is set. Call it first thing, right after sourcing lib.sh.
+RESULTS_FILE=""
+RESULTS_TEE=""
+results_start() {
+    local variant="${1:-}" dir name stamp rev dirty
+    if [ -n "${BENCH_VARIANT:-}" ]; then variant="${variant:+$variant-}$BENCH_VARIANT"; fi
+    if [ -n "${BENCH_RESULTS_DIR:-}" ]; then
+        dir="$BENCH_RESULTS_DIR"
+        [ "$SMOKE" = 0 ] || variant="${variant:+$variant-}smoke"
+    elif [ "$SMOKE" = 1 ]; then
+        return 0 # smoke runs prove the scripts work; their figures are not kept
+    else
+        dir="$BENCH_DIR/results"
+    fi
+    [ -z "$variant" ] || [[ "$variant" =~ ^[A-Za-z0-9][A-Za-z0-9.-]*$ ]] \
+        || die "BENCH_VARIANT / variant '$variant': letters, digits, '.' and '-' only"
+    mkdir -p "$dir"
+    stamp="$(date +%Y-%m-%d-%H%M)"
+    name="$(basename "$0" .sh)${variant:+-$variant}"
+    RESULTS_FILE="$dir/$stamp-$name.txt"
+    local n=2
+    while [ -e "$RESULTS_FILE" ]; do RESULTS_FILE="$dir/$stamp-$name.$n.txt"; n=$((n + 1)); done
+    rev="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    # Uncommitted changes anywhere but bench/results/ (the binaries may carry them).
+    dirty="$(cd "$ROOT" && git status --porcelain --untracked-files=no -- . ':(exclude)bench/results' 2>/dev/null \
+        | awk '{p[NR] = $NF} END {if (NR) {printf "%d paths:", NR; for (i = 1; i <= NR && i <= 12; i++) printf " %s", p[i]; if (NR > 12) printf " ..."}}')"
+    [ -z "$dirty" ] || rev="$rev+dirty (uncommitted, $dirty)"
+    exec 3>&1 4>&2
+    # tee ignores Ctrl-C and TERM: it must outlive the script's cleanup to
+    # write the trailer, and it ends by itself when the script closes the pipe.
+    exec > >(trap '' INT TERM; exec tee -a "$RESULTS_FILE") 2>&1
+    RESULTS_TEE=$!
+    echo "# command: $CMDLINE"
+    echo "# script: $(basename "$0" .sh)"
+    echo "# variant: ${variant:-default}"
+    echo "# mode: $([ "$SMOKE" = 1 ] && echo smoke || echo full), $PROFILE build"
+    echo "# git: $rev"
+    echo "# date: $(date '+%Y-%m-%d %H:%M:%S %z')"
+    echo "# nproc: $(nproc)"
+    echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "# env: $(env | grep -E '^(BENCH_|RUST_LOG=|MIMALLOC_)' | grep -v '^BENCH_RESULTS_DIR=' | sort | tr '\n' ' ')"
+    echo "# raw output kept in ${RESULTS_FILE#"$ROOT/"}"
+}
+results_end() { # results_end RC: the trailer, then waits for tee to write it
+    [ -n "$RESULTS_FILE" ] || return 0
+    echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "# date at end: $(date '+%Y-%m-%d %H:%M:%S %z')"
+    echo "# exit status: $1"
+    exec 1>&3 2>&4 3>&- 4>&-
+    # tee ends when the last writer closes the pipe; a stray child holding it
+    # must not hang the script.
+    local i
+    for i in $(seq 50); do kill -0 "$RESULTS_TEE" 2>/dev/null || break; sleep 0.1; done
+    echo "raw output: ${RESULTS_FILE#"$ROOT/"}" >&2
+}
 
 # stop PID: ends one process we started and forgets it.
 stop() {
@@ -122,10 +192,17 @@ free_port() {
 rss_mb() { awk '/^VmRSS:/ {printf "%.1f\n", $2/1024}' "/proc/$1/status"; }
 
 # --- firmcast ------------------------------------------------------------------
+# binary_id FILE: path, modification time and sha256 prefix, so a raw file
+# says which build ran (target/ is shared and rebuilt).
+binary_id() {
+    echo "$1, modified $(date -r "$1" '+%Y-%m-%d %H:%M:%S'), sha256 $(sha256sum "$1" | cut -c1-16)"
+}
+
 # firmcast_init DIR: keys, an admin token (TOKEN) and DIR/firmcast.toml.
 firmcast_init() {
     local dir="$1"
     mkdir -p "$dir"
+    log "firmcast binary: $(binary_id "$BIN/firmcast")"
     "$BIN/firmcast" keys init --dir "$dir/keys" >/dev/null 2>&1
     local out
     out="$("$BIN/firmcast" admin token --name bench --role admin)"
@@ -204,6 +281,7 @@ http {
     }
 }
 NGINX
+    log "$(nginx -v 2>&1), sendfile on, tcp_nopush on, open_file_cache max=10000"
     start nginx taskset -c "$SERVER_CPU" nginx -p "$prefix" -c "$prefix/nginx.conf"
     NGINX_URL="http://127.0.0.1:$port"
     local deadline=$((SECONDS + 20))

@@ -7,7 +7,9 @@
 RAW rows are `name<TAB>metric<TAB>value`, one per round. Checks:
   --show NAME                        print NAME's medians (a reference)
   --ratio NAME METRIC REF MIN        median(NAME)/median(REF) >= MIN
+  --ratio-max NAME METRIC REF MAX    median(NAME)/median(REF) <= MAX
   --max NAME METRIC MAX              median(NAME) <= MAX
+
 Always exits 0 on a MISS (targets are reported, not enforced); non-zero only
 when a check names data that is missing, i.e. the script is broken.
 """
@@ -43,8 +45,12 @@ def parse_wrk(path, name):
 
 
 def fmt(metric, v):
-    if metric == "rps":
+    if metric.endswith("rps"):
         return f"{v:,.0f} req/s"
+    if metric == "instr":
+        return f"{v:,.0f} instructions"
+    if metric.endswith("cpu_us"):
+        return f"{v:.1f} us"
     if metric == "MBps":
         return f"{v:,.0f} MB/s"
     if metric.endswith("_ms"):
@@ -73,8 +79,14 @@ def table(raw, args):
         op = args[i]
         if op == "--show":
             name = args[i + 1]
-            metrics = [m for (n, m) in data if n == name]
-            vals = "  ".join(fmt(m, med(name, m)[0]) for m in sorted(metrics, key=lambda m: (m != "rps", m)))
+            metrics = sorted((m for (n, m) in data if n == name), key=lambda m: (m != "rps", m))
+            if not metrics:
+                sys.exit(f"report.py: no figures for {name!r} (a run failed?)")
+            # The first metric (rps when there is one) unlabelled, the others named.
+            vals = "  ".join(
+                fmt(m, med(name, m)[0]) if j == 0 else f"{m} {fmt(m, med(name, m)[0])}"
+                for j, m in enumerate(metrics)
+            )
             rows.append((name, vals, f"n={med(name, metrics[0])[1]}", "reference", ""))
             i += 2
         elif op == "--ratio":
@@ -84,6 +96,14 @@ def table(raw, args):
             r = a / b if b else float("inf")
             rows.append((name, f"{fmt(metric, a)} vs {ref} {fmt(metric, b)}", f"n={n}",
                          f"{r:.2f}x (target >= {float(lo):.2f}x)", "PASS" if r >= float(lo) else "MISS"))
+            i += 5
+        elif op == "--ratio-max":
+            name, metric, ref, hi = args[i + 1 : i + 5]
+            a, n = med(name, metric)
+            b, _ = med(ref, metric)
+            r = a / b if b else float("inf")
+            rows.append((name, f"{fmt(metric, a)} vs {ref} {fmt(metric, b)}", f"n={n}",
+                         f"{r:.2f}x (target <= {float(hi):.2f}x)", "PASS" if r <= float(hi) else "MISS"))
             i += 5
         elif op == "--max":
             name, metric, hi = args[i + 1 : i + 4]
