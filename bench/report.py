@@ -2,6 +2,8 @@
 """Bench helpers shared by the scripts.
 
   report.py wrk FILE NAME >> RAW      parse one wrk run into RAW rows
+  report.py fake LOG [fake options] >> RAW
+                                      rates from what the push fakes counted
   report.py table RAW [checks...]     medians, ratios and PASS/MISS as a table
 
 RAW rows are `name<TAB>metric<TAB>value`, one per round. Checks:
@@ -10,6 +12,16 @@ RAW rows are `name<TAB>metric<TAB>value`, one per round. Checks:
   --ratio-max NAME METRIC REF MAX    median(NAME)/median(REF) <= MAX
   --max NAME METRIC MAX              median(NAME) <= MAX
 
+`fake` reads the `stats t=... apns_delivered=N ... fcm_delivered=M` lines
+`firmcast-push-fakes --stats-ms` prints into LOG, waits (--timeout seconds,
+default 30) until the fakes counted --apns N and --fcm M deliveries (fails
+if they count fewer or more), and prints rows:
+  --window-apns NAME / --window-fcm NAME   NAME rps = that provider's
+      deliveries / the time between the first and the last stats line that
+      counted them (connection set-up and the job's planning fall outside)
+  --e2e NAME --since T                     NAME rps = all deliveries / (the
+      first stats line that counted the last one - T, a unix time)
+Each NAME can end in :METRIC (a-z, 0-9, _) to use another metric than rps.
 Always exits 0 on a MISS (targets are reported, not enforced); non-zero only
 when a check names data that is missing, i.e. the script is broken.
 """
@@ -42,6 +54,89 @@ def parse_wrk(path, name):
         print(f"note: {name}: {sock.group(0)}", file=sys.stderr)
     for row in out:
         print("\t".join(map(str, row)))
+
+
+LABEL = {"apns": "APNs", "fcm": "FCM"}
+STATS = re.compile(
+    r"^stats t=([\d.]+) apns_requests=(\d+) apns_delivered=(\d+) "
+    r"fcm_requests=(\d+) fcm_delivered=(\d+)"
+)
+
+
+def fake(args):
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(prog="report.py fake")
+    ap.add_argument("log")
+    ap.add_argument("--apns", type=int, required=True)
+    ap.add_argument("--fcm", type=int, required=True)
+    ap.add_argument("--window-apns")
+    ap.add_argument("--window-fcm")
+    ap.add_argument("--e2e")
+    ap.add_argument("--since", type=float)
+    ap.add_argument("--timeout", type=float, default=30)
+    a = ap.parse_args(args)
+    want = {"apns": a.apns, "fcm": a.fcm}
+
+    def samples():
+        out = []
+        for line in open(a.log, errors="replace"):
+            m = STATS.match(line)
+            if m:
+                t, ar, ad, fr, fd = m.groups()
+                out.append((float(t), {"apns": int(ad), "fcm": int(fd)}, {"apns": int(ar), "fcm": int(fr)}))
+        return out
+
+    deadline = time.monotonic() + a.timeout
+    while True:
+        rows = samples()
+        last = rows[-1] if rows else None
+        if last and all(last[1][p] >= want[p] for p in want):
+            break
+        if time.monotonic() > deadline:
+            got = ", ".join(f"{p} {last[1][p] if last else 0}/{want[p]}" for p in want)
+            sys.exit(f"report.py fake: the fakes counted {got} deliveries after {a.timeout:g} s ({a.log})")
+        time.sleep(0.02)
+    for p in want:
+        if last[1][p] > want[p]:
+            sys.exit(f"report.py fake: the {p} fake counted {last[1][p]} deliveries, expected {want[p]} ({a.log})")
+
+    def out(spec, value):
+        name, _, metric = spec.rpartition(":")
+        if not re.fullmatch(r"[a-z0-9_]+", metric):  # a colon inside the name
+            name, metric = spec, "rps"
+        print(f"{name}\t{metric}\t{value}")
+
+    notes = []
+    for p, spec in (("apns", a.window_apns), ("fcm", a.window_fcm)):
+        if want[p] == 0:
+            continue
+        first = next(i for i, r in enumerate(rows) if r[1][p] > 0)
+        done = next(i for i, r in enumerate(rows) if r[1][p] >= want[p])
+        if done == first:
+            # Every delivery between two stats lines: measure from the line
+            # before (a lower bound; only tiny smoke jobs get here).
+            first = max(first - 1, 0)
+        span = rows[done][0] - rows[first][0]
+        rate = (want[p] - rows[first][1][p]) / span if span > 0 else float("nan")
+        notes.append(
+            f"{LABEL[p]} {want[p]} delivered ({rows[done][2][p]} requests), "
+            f"{rate:,.0f}/s over {span:.3f} s ({done - first} stats lines)"
+        )
+        if done - first < 10:
+            notes.append(f"window of {done - first} stats lines: too short to be a figure")
+        if spec:
+            out(spec, rate)
+    if a.e2e:
+        if a.since is None:
+            sys.exit("report.py fake: --e2e needs --since")
+        done = next(i for i, r in enumerate(rows) if all(r[1][p] >= want[p] for p in want))
+        secs = rows[done][0] - a.since
+        rate = sum(want.values()) / secs if secs > 0 else float("nan")
+        notes.append(f"all {sum(want.values())} counted {secs:.3f} s after notify: {rate:,.0f}/s")
+        out(a.e2e, rate)
+    print("   fakes counted: " + "; ".join(notes), file=sys.stderr)
 
 
 def fmt(metric, v):
@@ -125,6 +220,8 @@ def table(raw, args):
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "wrk":
         parse_wrk(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "fake":
+        fake(sys.argv[2:])
     elif len(sys.argv) >= 3 and sys.argv[1] == "table":
         table(sys.argv[2], sys.argv[3:])
     else:

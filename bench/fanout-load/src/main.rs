@@ -1,26 +1,34 @@
 //! Bench helper for `bench/fanout.sh`.
 //!
 //! ```text
-//! fanout-load seed   --url URL --products A,B --from I --to J [--connections 64]
-//! fanout-load notify --url URL --token T --product P --version V --pid PID --name NAME [--poll-ms 20]
-//! fanout-load jwt    --key FILE.p8 --key-id KID --team-id TEAM
+//! fanout-load seed      --url URL --products A,B --from I --to J [--apns-products A,C] [--fcm-products A,D] [--connections 64]
+//! fanout-load notify    --url URL --token T --product P --version V --pid PID --name NAME [--poll-ms 20]
+//! fanout-load jwt       --key FILE.p8 --key-id KID --team-id TEAM
+//! fanout-load fcm-token --account FCM.json
 //! fanout-load apns-token I
+//! fanout-load fcm-device-token I
 //! ```
 //!
 //! - `seed` subscribes, through the public API (`POST /v1/push/subscriptions`),
 //!   two tokens for every index in `[I, J)`: the APNs device token
-//!   `apns-token I` (64 hex digits) and an FCM registration token, both to
-//!   the given products, over `--connections` keep-alive HTTP/1.1
-//!   connections. Every answer must be 200.
+//!   `apns-token I` (64 hex digits), to `--apns-products` (default
+//!   `--products`), and the FCM registration token `fcm-device-token I`, to
+//!   `--fcm-products` (default `--products`), over `--connections`
+//!   keep-alive HTTP/1.1 connections. Every answer must be 200.
 //! - `notify` starts the release's fan-out (`POST /v1/admin/releases/P/V/notify`),
 //!   polls `GET /v1/admin/jobs/{id}` until the job leaves `running`, samples
 //!   `VmRSS` of PID at every poll and reads its `VmHWM` at the end. It
 //!   prints `name<TAB>metric<TAB>value` rows for `bench/report.py` on stdout
-//!   (notifications/s end to end as `rps`, peak RSS = `VmHWM` of a process
-//!   started for this job, time to the 202, the rates of the job's APNs and
-//!   FCM halves) and fails unless every subscriber was sent to.
+//!   (peak RSS = `VmHWM` of a process started for this job, time to the
+//!   202, firmcast's own count of notifications/s from the notify call to
+//!   the job's end as `job_rps`) and `notify sent at<TAB>unix_s<TAB>T`, and
+//!   fails unless every subscriber was sent to. The rates the bench reports
+//!   come from what the fakes counted (`bench/report.py fake`), not from here.
 //! - `jwt` prints an APNs provider token (ES256, `kid`, `iss`, `iat` = now)
 //!   signed with the team key, for h2load's `authorization` header.
+//! - `fcm-token` gets an OAuth2 access token for a service-account key file
+//!   (RS256 JWT-bearer grant to its `token_uri`, scope firebase.messaging,
+//!   as firmcast does) and prints it, for h2load's `authorization` header.
 
 #![forbid(unsafe_code)]
 
@@ -40,10 +48,12 @@ use serde_json::{json, Value};
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str = "usage:
-  fanout-load seed   --url URL --products A,B --from I --to J [--connections 64]
-  fanout-load notify --url URL --token T --product P --version V --pid PID --name NAME [--poll-ms 20]
-  fanout-load jwt    --key FILE.p8 --key-id KID --team-id TEAM
-  fanout-load apns-token I";
+  fanout-load seed      --url URL --products A,B --from I --to J [--apns-products A,C] [--fcm-products A,D] [--connections 64]
+  fanout-load notify    --url URL --token T --product P --version V --pid PID --name NAME [--poll-ms 20]
+  fanout-load jwt       --key FILE.p8 --key-id KID --team-id TEAM
+  fanout-load fcm-token --account FCM.json
+  fanout-load apns-token I
+  fanout-load fcm-device-token I";
 
 fn usage(msg: &str) -> ! {
     eprintln!("fanout-load: {msg}\n{USAGE}");
@@ -147,8 +157,15 @@ async fn call(
 
 async fn seed(o: &Opts) -> Result<(), Error> {
     let host = authority(o.req("url"));
-    let products: Vec<&str> = o.req("products").split(',').collect();
-    let products = serde_json::to_string(&products)?;
+    let list = |name: &str| -> Result<String, Error> {
+        let products: Vec<&str> = o
+            .get(name)
+            .unwrap_or_else(|| o.req("products"))
+            .split(',')
+            .collect();
+        Ok(serde_json::to_string(&products)?)
+    };
+    let (apns_products, fcm_products) = (list("apns-products")?, list("fcm-products")?);
     let from: u64 = o.num("from", None);
     let to: u64 = o.num("to", None);
     let conns: usize = o.num("connections", Some(64));
@@ -163,7 +180,8 @@ async fn seed(o: &Opts) -> Result<(), Error> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..conns.max(1) {
-        let (host, products) = (host.clone(), products.clone());
+        let (host, apns_products, fcm_products) =
+            (host.clone(), apns_products.clone(), fcm_products.clone());
         let (next, done, failed, first_error) = (
             next.clone(),
             done.clone(),
@@ -185,10 +203,10 @@ async fn seed(o: &Opts) -> Result<(), Error> {
                     return;
                 }
                 let i = from + (r / 2) as u64;
-                let (provider, token) = if r % 2 == 0 {
-                    ("apns", apns_token(i))
+                let (provider, token, products) = if r % 2 == 0 {
+                    ("apns", apns_token(i), &apns_products)
                 } else {
-                    ("fcm", fcm_token(i))
+                    ("fcm", fcm_token(i), &fcm_products)
                 };
                 let body = format!(
                     r#"{{"provider":"{provider}","token":"{token}","products":{products},"locale":"en"}}"#
@@ -264,6 +282,7 @@ async fn notify(o: &Opts) -> Result<(), Error> {
     let mut sender = connect(&host).await?;
     let (idle_rss, _) = mem_kb(pid)?;
 
+    let sent_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     let started = Instant::now();
     let (status, body) = call(
         &mut sender,
@@ -287,7 +306,6 @@ async fn notify(o: &Opts) -> Result<(), Error> {
     let total = accepted["total"].as_u64().ok_or("no total")?;
 
     let mut peak_rss = idle_rss;
-    let mut half_at: Option<Duration> = None;
     let mut last_report = Instant::now();
     let job = loop {
         let (status, body) = call(
@@ -309,9 +327,6 @@ async fn notify(o: &Opts) -> Result<(), Error> {
         let job: Value = serde_json::from_slice(&body)?;
         let n = |k: &str| job[k].as_u64().unwrap_or(0);
         let processed = n("sent") + n("failed") + n("removed");
-        if half_at.is_none() && processed * 2 >= total {
-            half_at = Some(now);
-        }
         if job["state"] != "running" {
             break job;
         }
@@ -332,16 +347,10 @@ async fn notify(o: &Opts) -> Result<(), Error> {
         return Err(format!("the job did not send to every subscriber: {job}").into());
     }
     let secs = took.as_secs_f64();
-    let half = half_at.unwrap_or(took).as_secs_f64();
     let planned_s = planned.as_secs_f64();
     let mb = |kb: u64| kb as f64 / 1024.0;
-    // The subscriber index is ordered `apns:<token>` before `fcm:<token>`
-    // and batches are claimed in order: the first half of the job is APNs,
-    // the second FCM.
-    let apns_rate = (total as f64 / 2.0) / (half - planned_s).max(1e-9);
-    let fcm_rate = (total as f64 / 2.0) / (secs - half).max(1e-9);
     eprintln!(
-        "   {name}: {total} sent in {secs:.2} s = {:.0}/s (notify->202 {:.0} ms; APNs half {apns_rate:.0}/s, FCM half {fcm_rate:.0}/s); RSS idle {:.1} MB, sampled peak {:.1} MB, VmHWM {:.1} MB; {} batches",
+        "   {name}: job done after {secs:.2} s by firmcast's count ({total} sent, {:.0}/s; notify->202 {:.0} ms); RSS idle {:.1} MB, sampled peak {:.1} MB, VmHWM {:.1} MB; {} batches",
         total as f64 / secs,
         planned_s * 1e3,
         mb(idle_rss),
@@ -349,11 +358,10 @@ async fn notify(o: &Opts) -> Result<(), Error> {
         mb(hwm),
         n("batches_total"),
     );
-    println!("{name}\trps\t{}", total as f64 / secs);
+    println!("notify sent at\tunix_s\t{:.6}", sent_at.as_secs_f64());
+    println!("{name}\tjob_rps\t{}", total as f64 / secs);
     println!("{name}\tpeak_rss_mb\t{}", mb(hwm));
     println!("{name} notify->202\tplan_ms\t{}", planned_s * 1e3);
-    println!("{name} APNs half\trps\t{apns_rate}");
-    println!("{name} FCM half\trps\t{fcm_rate}");
     Ok(())
 }
 
@@ -390,6 +398,77 @@ fn jwt(o: &Opts) -> Result<(), Error> {
     Ok(())
 }
 
+/// An OAuth2 access token for the service account in `--account`: the
+/// JWT-bearer grant firmcast makes (RS256, `iss` = client_email, `aud` =
+/// token_uri, scope firebase.messaging, one hour), posted as a form.
+async fn fcm_access_token(o: &Opts) -> Result<(), Error> {
+    use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+    let account: Value = serde_json::from_str(&std::fs::read_to_string(o.req("account"))?)?;
+    let field = |k: &str| -> Result<&str, Error> {
+        account[k]
+            .as_str()
+            .ok_or_else(|| format!("no {k} in the service account").into())
+    };
+    let token_uri = field("token_uri")?;
+    let der = pem_der(field("private_key")?)?;
+    let key = RsaKeyPair::from_pkcs8(&der).map_err(|e| format!("not a PKCS#8 RSA key: {e}"))?;
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": field("private_key_id")?});
+    let claims = json!({
+        "iss": field("client_email")?,
+        "scope": "https://www.googleapis.com/auth/firebase.messaging",
+        "aud": token_uri,
+        "iat": iat,
+        "exp": iat + 3600,
+    });
+    let mut jws = URL_SAFE_NO_PAD.encode(header.to_string());
+    jws.push('.');
+    jws.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let mut sig = vec![0; key.public().modulus_len()];
+    key.sign(
+        &RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        jws.as_bytes(),
+        &mut sig,
+    )
+    .map_err(|_| "RS256 signing failed")?;
+    jws.push('.');
+    jws.push_str(&URL_SAFE_NO_PAD.encode(&sig));
+
+    let rest = token_uri
+        .strip_prefix("http://")
+        .ok_or("the token_uri is not http://")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut sender = connect(host).await?;
+    let form =
+        format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={jws}");
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(if path.is_empty() { "/" } else { path })
+        .header("host", host)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(form)))?;
+    sender.ready().await?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if status != StatusCode::OK {
+        return Err(format!(
+            "the token endpoint answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        )
+        .into());
+    }
+    let answer: Value = serde_json::from_slice(&body)?;
+    let token = answer["access_token"]
+        .as_str()
+        .ok_or("no access_token in the answer")?;
+    println!("{token}");
+    Ok(())
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let cmd = args.next().unwrap_or_else(|| usage("no command"));
@@ -402,18 +481,26 @@ fn main() {
             println!("{}", apns_token(i));
             Ok(())
         }
+        "fcm-device-token" => {
+            let i = args
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| usage("fcm-device-token needs an index"));
+            println!("{}", fcm_token(i));
+            Ok(())
+        }
         "jwt" => jwt(&Opts::parse(args)),
-        "seed" | "notify" => {
+        "seed" | "notify" | "fcm-token" => {
             let opts = Opts::parse(args);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .expect("a tokio runtime");
             rt.block_on(async {
-                if cmd == "seed" {
-                    seed(&opts).await
-                } else {
-                    notify(&opts).await
+                match cmd.as_str() {
+                    "seed" => seed(&opts).await,
+                    "notify" => notify(&opts).await,
+                    _ => fcm_access_token(&opts).await,
                 }
             })
         }
