@@ -10,6 +10,7 @@ use crate::edge::admission::Admission;
 use crate::edge::{Edge, EdgeSettings};
 use crate::fanout::worker::Fanout;
 use crate::releases::Releases;
+use crate::rollout::Rollout;
 use crate::storage::Backend;
 use anyhow::{Context, Result};
 use std::future::Future;
@@ -29,6 +30,7 @@ pub struct Application {
     edge: Arc<Edge>,
     releases: Arc<Releases>,
     fanout: Arc<Fanout>,
+    rollout: Arc<Rollout>,
     settings: Settings,
 }
 
@@ -45,6 +47,9 @@ impl Application {
         let push = crate::fanout::open(&backend)
             .await
             .context("cannot open the push store")?;
+        let stats = crate::stats::open(&backend)
+            .await
+            .context("cannot open the stats store")?;
         let blobs = open_blobs(&settings)?;
         let fanout = Arc::new(Fanout::from_settings(&settings, push.clone())?);
 
@@ -60,6 +65,12 @@ impl Application {
             "catalog loaded"
         );
         crate::memory::release_startup_memory().await;
+        let rollout = Arc::new(Rollout::new(
+            &settings,
+            stats,
+            releases.clone(),
+            push.clone(),
+        ));
 
         let listener = TcpListener::bind(settings.server.listen)
             .await
@@ -81,6 +92,7 @@ impl Application {
             metrics: Default::default(),
             admission: admission.clone(),
             requests: requests.clone(),
+            rollout: rollout.clone(),
             limits: ApiLimits::from_settings(&settings),
         });
         let edge = Arc::new(Edge {
@@ -95,6 +107,7 @@ impl Application {
             edge,
             releases,
             fanout,
+            rollout,
             settings,
         })
     }
@@ -128,6 +141,7 @@ impl Application {
                     .run(self.edge.api.catalog.clone(), s.push.workers),
             ),
             tokio::spawn(sweep_idle_tokens(self.edge.api.clone(), s.clone())),
+            tokio::spawn(self.rollout.clone().run()),
             tokio::spawn(crate::blob::gc::sweep_orphans(
                 self.releases.clone(),
                 self.edge.api.blobs.clone(),
@@ -178,6 +192,8 @@ impl Application {
         {
             tracing::warn!("connections still open after the grace period; closing them");
         }
+        // What was counted since the last flush, so a stop loses nothing.
+        self.rollout.flush().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -24,6 +24,42 @@ pub struct Settings {
     pub push: PushSettings,
     pub admin: AdminSettings,
     pub limits: LimitsSettings,
+    pub rollout: RolloutSettings,
+    pub alerts: AlertsSettings,
+}
+
+/// Rollout intelligence (see `crate::rollout`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSettings {
+    /// How often in-memory counts go to the store: a crash loses at most
+    /// this much of them.
+    pub flush_interval_secs: u64,
+    /// How often health gates and ramps are looked at.
+    pub evaluate_interval_secs: u64,
+    /// Distinct installed versions counted per product, channel and day;
+    /// past it they count as `other` (the versions come from clients).
+    pub max_versions_per_product: usize,
+    /// Distinct failure codes kept per release and day; past it, `other`.
+    pub max_codes_per_release: usize,
+    /// The gate of every release that sets none.
+    pub health: HealthSettings,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSettings {
+    pub min_reports: u64,
+    pub max_failure_rate: f64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSettings {
+    /// POSTed `{"text": ...}` when a release pauses itself; empty = none.
+    pub webhook_url: String,
+    /// One attempt's deadline; three attempts in all.
+    pub webhook_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -298,6 +334,18 @@ impl Settings {
         }
         if self.blob.backend == BlobBackend::S3 && self.blob.s3.bucket.is_empty() {
             bail!("blob.backend = \"s3\" needs [blob.s3] bucket");
+        }
+        let h = &self.rollout.health;
+        if !(0.0..=1.0).contains(&h.max_failure_rate) || h.min_reports == 0 {
+            bail!("[rollout.health] needs min_reports >= 1 and max_failure_rate from 0 to 1 (0.05 is 5%)");
+        }
+        let r = &self.rollout;
+        if r.flush_interval_secs == 0 || r.evaluate_interval_secs == 0 {
+            bail!("[rollout] flush_interval_secs and evaluate_interval_secs must be above 0");
+        }
+        let hook = &self.alerts.webhook_url;
+        if !(hook.is_empty() || hook.starts_with("http://") || hook.starts_with("https://")) {
+            bail!("[alerts] webhook_url {hook:?} must start with http:// or https://");
         }
         if self.signing.freshness_ttl_hours == 0 || self.signing.resign_interval_secs == 0 {
             bail!("signing.freshness_ttl_hours and signing.resign_interval_secs must be above 0");

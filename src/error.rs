@@ -89,6 +89,7 @@ impl From<StateError> for ApiError {
             }
             StateError::StaleSeq { .. } => ApiError::conflict("stale_seq", e.to_string()),
             StateError::NotFound { .. } => ApiError::not_found("unknown_release", e.to_string()),
+            StateError::Precondition { .. } => ApiError::conflict("changed", e.to_string()),
             StateError::Unavailable { .. } => ApiError::unavailable(format!("{e}; retry shortly")),
             StateError::Corrupt(_) => {
                 tracing::error!(error = %e, "state store corrupt");

@@ -12,6 +12,9 @@
 //!   ops) and the one place a route meets its handler.
 //! - [`releases`]: the owner of release changes: publish, patch, audit, and
 //!   the catalog kept in step with other instances.
+//! - [`rollout`]: rollout intelligence: day-echo adoption counts, install
+//!   reports, health gates that pause a failing release, ramps; counted in
+//!   memory and flushed to the [`stats`] store.
 //! - [`catalog`]: the in-memory snapshot the update check reads, swapped
 //!   atomically; offer selection, staged rollout, freshness statements.
 //! - [`storage`]: the backend (embedded redb files or one Redis link),
@@ -47,6 +50,8 @@ pub mod metrics;
 pub mod privacy;
 pub mod push;
 pub mod releases;
+pub mod rollout;
 pub mod state;
+pub mod stats;
 pub mod storage;
 pub mod telemetry;

@@ -7,7 +7,10 @@ use crate::blob::BlobStore;
 use crate::catalog::Catalog;
 use crate::config::Role;
 use crate::error::ApiError;
-use crate::state::{AuditEntry, ReleasePatch, StateStore, StoredRelease};
+use crate::state::{
+    AuditEntry, Condition, HealthGate, Ramp, ReleasePatch, StateError, StateStore, Steering,
+    StoredRelease,
+};
 use chrono::{DateTime, Utc};
 use firmcast_signing::{Envelope, ReleaseManifest};
 use serde::Serialize;
@@ -34,9 +37,11 @@ pub struct Releases {
 /// A release to publish: a signed envelope and its initial rollout state.
 pub struct Publish {
     pub envelope: Envelope,
-    /// Basis points, 0..=10000.
+    /// Basis points, 0..=10000 (a ramp's first step when it has one).
     pub rollout_bp: u16,
     pub paused: bool,
+    pub health: Option<HealthGate>,
+    pub ramp: Option<Ramp>,
 }
 
 /// The admin view of a release.
@@ -55,6 +60,35 @@ pub struct ReleaseView {
     pub published_at: DateTime<Utc>,
     pub published_by: String,
     pub updated_at: DateTime<Utc>,
+    /// Who paused it (a token's name, or `health`) and why.
+    pub paused_by: Option<String>,
+    pub pause_reason: Option<String>,
+    /// Its own gate; `null` means the deployment's default.
+    pub health: Option<HealthGate>,
+    pub ramp: Option<RampView>,
+}
+
+/// A ramp as people read it: percents, a humantime interval, where it is.
+#[derive(Serialize)]
+pub struct RampView {
+    pub steps: Vec<f64>,
+    pub every: String,
+    /// Index of the step the rollout is at.
+    pub step: usize,
+    pub next_at: Option<DateTime<Utc>>,
+    pub done: bool,
+}
+
+impl RampView {
+    pub fn of(r: &Ramp) -> Self {
+        RampView {
+            steps: r.steps_bp.iter().map(|bp| f64::from(*bp) / 100.0).collect(),
+            every: humantime::format_duration(Duration::from_secs(r.every_secs)).to_string(),
+            step: r.step,
+            next_at: r.next_at,
+            done: r.done(),
+        }
+    }
 }
 
 impl ReleaseView {
@@ -81,6 +115,10 @@ impl ReleaseView {
             published_at: s.published_at,
             published_by: s.published_by.clone(),
             updated_at: s.updated_at,
+            paused_by: s.steering.paused_by.clone(),
+            pause_reason: s.steering.pause_reason.clone(),
+            health: s.steering.health,
+            ramp: s.steering.ramp.as_ref().map(RampView::of),
         })
     }
 }
@@ -156,6 +194,11 @@ impl Releases {
             published_at: now,
             published_by: actor.name.clone(),
             updated_at: now,
+            steering: Steering {
+                health: req.health,
+                ramp: req.ramp.clone(),
+                ..Steering::default()
+            },
         };
         self.store.insert_release(&stored).await?;
         self.audit(
@@ -165,6 +208,7 @@ impl Releases {
             serde_json::json!({
                 "seq": stored.seq, "channel": stored.channel, "sha256": manifest.artifact.sha256,
                 "rollout": f64::from(req.rollout_bp) / 100.0, "paused": req.paused,
+                "health": req.health, "ramp": req.ramp,
             }),
         )
         .await?;
@@ -198,18 +242,113 @@ impl Releases {
             .store
             .update_release(product, version, &patch, Utc::now())
             .await?;
+        let mut detail = serde_json::json!({
+            "rollout": patch.rollout_bp.map(|bp| f64::from(bp) / 100.0),
+            "paused": patch.paused, "yanked": patch.yanked,
+        });
+        if let Some(health) = &patch.health {
+            detail["health"] = serde_json::json!(health);
+        }
+        if let Some(ramp) = &patch.ramp {
+            detail["ramp"] = serde_json::json!(ramp);
+        }
         self.audit(
             actor,
             "release.patch",
             format!("{product} {version}"),
-            serde_json::json!({
-                "rollout": patch.rollout_bp.map(|bp| f64::from(bp) / 100.0),
-                "paused": patch.paused, "yanked": patch.yanked,
-            }),
+            detail,
         )
         .await?;
         self.refresh_product(product).await?;
         Ok(updated)
+    }
+
+    /// Pauses a live release whose gate is red, as the service (`health`),
+    /// with the numbers; false when it was no longer live (another
+    /// instance, or a person, was first).
+    pub async fn auto_pause(
+        &self,
+        s: &StoredRelease,
+        reason: &str,
+        reports: &crate::stats::WindowReports,
+        gate: HealthGate,
+    ) -> Result<bool, ApiError> {
+        let patch = ReleasePatch {
+            paused: Some(true),
+            pause: Some(("health".to_owned(), Some(reason.to_owned()))),
+            only_if: Some(Condition::Live),
+            ..ReleasePatch::default()
+        };
+        match self
+            .store
+            .update_release(&s.product, &s.version, &patch, Utc::now())
+            .await
+        {
+            Ok(_) => {}
+            Err(StateError::Precondition { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let actor = Actor {
+            name: "health".to_owned(),
+            role: Role::Admin,
+        };
+        self.audit(
+            &actor,
+            "release.auto_pause",
+            format!("{} {}", s.product, s.version),
+            serde_json::json!({
+                "reason": reason, "installed": reports.installed, "failed": reports.failed,
+                "failure_rate": reports.failure_rate(), "gate": gate, "window": s.steering.window,
+            }),
+        )
+        .await?;
+        self.refresh_product(&s.product).await?;
+        Ok(true)
+    }
+
+    /// Moves a live release's ramp on by one step, as the service (`ramp`);
+    /// `None` when the step was taken already (by another instance) or the
+    /// release stopped being live.
+    pub async fn advance_ramp(&self, s: &StoredRelease) -> Result<Option<StoredRelease>, ApiError> {
+        let Some(ramp) = s.steering.ramp.as_ref().filter(|r| !r.done()) else {
+            return Ok(None);
+        };
+        let now = Utc::now();
+        let mut next = ramp.clone();
+        next.step += 1;
+        next.schedule(now);
+        let patch = ReleasePatch {
+            rollout_bp: Some(next.current_bp()),
+            ramp: Some(Some(next.clone())),
+            only_if: Some(Condition::LiveAtRampStep(ramp.step)),
+            ..ReleasePatch::default()
+        };
+        let updated = match self
+            .store
+            .update_release(&s.product, &s.version, &patch, now)
+            .await
+        {
+            Ok(updated) => updated,
+            Err(StateError::Precondition { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let actor = Actor {
+            name: "ramp".to_owned(),
+            role: Role::Admin,
+        };
+        self.audit(
+            &actor,
+            "release.ramp_step",
+            format!("{} {}", s.product, s.version),
+            serde_json::json!({
+                "from": f64::from(s.rollout_bp) / 100.0,
+                "to": f64::from(next.current_bp()) / 100.0,
+                "step": next.step, "steps": next.steps_bp.len(), "next_at": next.next_at,
+            }),
+        )
+        .await?;
+        self.refresh_product(&s.product).await?;
+        Ok(Some(updated))
     }
 
     pub async fn list(&self, product: Option<&str>) -> Result<Vec<ReleaseView>, ApiError> {

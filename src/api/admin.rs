@@ -10,7 +10,8 @@ use crate::edge::body::RequestBody;
 use crate::edge::Response;
 use crate::error::ApiError;
 use crate::releases::{Actor, Publish, ReleaseView, Releases};
-use crate::state::ReleasePatch;
+use crate::state::{HealthGate, Ramp, ReleasePatch};
+use chrono::Utc;
 use firmcast_signing::Envelope;
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
@@ -60,16 +61,127 @@ pub async fn upload(
 #[serde(deny_unknown_fields)]
 struct PublishRequest {
     release: serde_json::Value,
-    #[serde(default = "full_rollout")]
-    rollout: f64,
+    /// 100 when absent; a ramp's first step when there is a ramp.
+    #[serde(default)]
+    rollout: Option<f64>,
     #[serde(default)]
     paused: bool,
+    #[serde(default)]
+    health: Option<HealthRequest>,
+    #[serde(default)]
+    ramp: Option<RampRequest>,
 }
 
-fn full_rollout() -> f64 {
-    100.0
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthRequest {
+    min_reports: u64,
+    max_failure_rate: f64,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RampRequest {
+    steps: RampSteps,
+    /// humantime, e.g. `24h`; `phased` steps default to 24h.
+    #[serde(default)]
+    every: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RampSteps {
+    Percents(Vec<f64>),
+    Named(String),
+}
+
+/// The steps `"phased"` stands for: seven steps, a day apart.
+pub const PHASED: [f64; 7] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+const DAY_SECS: u64 = 86_400;
+
+fn health_gate(h: HealthRequest) -> Result<HealthGate, ApiError> {
+    if !h.max_failure_rate.is_finite() || !(0.0..=1.0).contains(&h.max_failure_rate) {
+        return Err(ApiError::bad_request(
+            "bad_health",
+            format!(
+                "max_failure_rate {} must be a fraction from 0 to 1 (0.05 means 5%)",
+                h.max_failure_rate
+            ),
+        ));
+    }
+    if h.min_reports == 0 {
+        return Err(ApiError::bad_request(
+            "bad_health",
+            "min_reports must be at least 1: a gate with no reports would pause on the first failure",
+        ));
+    }
+    Ok(HealthGate {
+        min_reports: h.min_reports,
+        max_failure_rate: h.max_failure_rate,
+    })
+}
+
+/// The ramp's steps in basis points and its interval in seconds.
+fn ramp_plan(r: RampRequest) -> Result<(Vec<u16>, u64), ApiError> {
+    let bad = |m: String| ApiError::bad_request("bad_ramp", m);
+    let (percents, default_every) = match r.steps {
+        RampSteps::Named(name) if name == "phased" => (PHASED.to_vec(), Some(DAY_SECS)),
+        RampSteps::Named(name) => {
+            return Err(bad(format!(
+                "steps {:?} is neither a list of percents nor \"phased\"",
+                name.chars().take(40).collect::<String>()
+            )))
+        }
+        RampSteps::Percents(p) => (p, None),
+    };
+    if percents.is_empty() || percents.len() > 100 {
+        return Err(bad(
+            "steps must list 1 to 100 percents, e.g. [1, 5, 20, 100]".into(),
+        ));
+    }
+    let mut steps = Vec::with_capacity(percents.len());
+    for p in &percents {
+        let bp = rollout_bp(*p).map_err(|_| {
+            bad(format!(
+                "step {p} must be a percentage above 0, at most 100"
+            ))
+        })?;
+        if bp == 0 {
+            return Err(bad(format!("step {p} must be above 0")));
+        }
+        if steps.last().is_some_and(|last| *last >= bp) {
+            return Err(bad(format!(
+                "steps must go strictly up; {p} comes after {}",
+                f64::from(*steps.last().unwrap_or(&0)) / 100.0
+            )));
+        }
+        steps.push(bp);
+    }
+    if steps.last() != Some(&10_000) {
+        return Err(bad(
+            "the last step must be 100: a ramp ends with everyone".into()
+        ));
+    }
+    let every = match (r.every, default_every) {
+        (Some(text), _) => humantime::parse_duration(&text)
+            .map_err(|e| {
+                bad(format!(
+                    "every {text:?} is not a duration such as 24h or 30m ({e})"
+                ))
+            })?
+            .as_secs(),
+        (None, Some(d)) => d,
+        (None, None) => {
+            return Err(bad(
+                "give every, e.g. \"24h\": the time between steps".into()
+            ))
+        }
+    };
+    if !(1..=366 * DAY_SECS).contains(&every) {
+        return Err(bad(format!("every must be from 1s to 366d, not {every}s")));
+    }
+    Ok((steps, every))
+}
 pub(crate) fn rollout_bp(percent: f64) -> Result<u16, ApiError> {
     if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
         return Err(ApiError::bad_request(
@@ -99,9 +211,25 @@ pub async fn publish(
 
 async fn publish_inner(api: &Api, actor: &Actor, body: &[u8]) -> Result<Response, ApiError> {
     let req: PublishRequest = parse_json(body)?;
+    let ramp = req.ramp.map(ramp_plan).transpose()?;
+    let rollout_bp = match (&ramp, req.rollout) {
+        (Some((steps, _)), Some(r)) if rollout_bp(r)? != steps[0] => {
+            return Err(ApiError::bad_request(
+                "bad_rollout",
+                format!(
+                    "a ramp starts at its first step ({}%); leave rollout out or give that",
+                    f64::from(steps[0]) / 100.0
+                ),
+            ))
+        }
+        (Some((steps, _)), _) => steps[0],
+        (None, r) => rollout_bp(r.unwrap_or(100.0))?,
+    };
     let publish = Publish {
-        rollout_bp: rollout_bp(req.rollout)?,
+        rollout_bp,
         paused: req.paused,
+        health: req.health.map(health_gate).transpose()?,
+        ramp: ramp.map(|(steps, every)| Ramp::start(steps, every, Utc::now())),
         envelope: Envelope::from_value(req.release)?,
     };
     let (bp, paused) = (publish.rollout_bp, publish.paused);
@@ -155,6 +283,19 @@ struct PatchRequest {
     rollout: Option<f64>,
     paused: Option<bool>,
     yanked: Option<bool>,
+    /// Present and `null`: back to the default gate.
+    #[serde(default, deserialize_with = "present")]
+    health: Option<Option<HealthRequest>>,
+    /// Present and `null`: no more ramp.
+    #[serde(default, deserialize_with = "present")]
+    ramp: Option<Option<RampRequest>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// `PATCH /v1/admin/releases/{product}/{version}`.
@@ -169,15 +310,50 @@ pub async fn patch(
     let version = check_names(product, version)?.to_string();
     let body = read_json_body(&parts.headers, body, MAX_JSON_BODY).await?;
     let req: PatchRequest = parse_json(&body)?;
-    let patch = ReleasePatch {
+    let mut patch = ReleasePatch {
         rollout_bp: req.rollout.map(rollout_bp).transpose()?,
         paused: req.paused,
+        pause: Some((actor.name.clone(), None)),
         yanked: req.yanked,
+        health: req
+            .health
+            .map(|h| h.map(health_gate).transpose())
+            .transpose()?,
+        ..ReleasePatch::default()
     };
-    if patch == ReleasePatch::default() {
+    if let Some(ramp) = req.ramp {
+        if req.rollout.is_some() && ramp.is_some() {
+            return Err(ApiError::bad_request(
+                "bad_rollout",
+                "a ramp sets the rollout itself; send either rollout or ramp",
+            ));
+        }
+        patch.ramp = Some(match ramp.map(ramp_plan).transpose()? {
+            None => None,
+            Some((steps, every)) => {
+                // The ramp goes on from where the rollout is: at the highest
+                // step not above it (or its first step).
+                let current = releases
+                    .store()
+                    .get_release(product, &version)
+                    .await?
+                    .map_or(0, |r| r.rollout_bp);
+                let mut ramp = Ramp::start(steps, every, Utc::now());
+                ramp.step = ramp
+                    .steps_bp
+                    .iter()
+                    .rposition(|bp| *bp <= current)
+                    .unwrap_or(0);
+                ramp.schedule(Utc::now());
+                patch.rollout_bp = Some(ramp.current_bp());
+                Some(ramp)
+            }
+        });
+    }
+    if patch.is_empty() {
         return Err(ApiError::bad_request(
             "empty_patch",
-            "send at least one of rollout, paused, yanked",
+            "send at least one of rollout, paused, yanked, health, ramp",
         ));
     }
     let updated = releases.patch(actor, product, &version, patch).await?;

@@ -10,6 +10,7 @@ use crate::edge::body::RequestBody;
 use crate::edge::Response;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::rollout::Rollout;
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::StatusCode;
@@ -20,6 +21,7 @@ use std::net::IpAddr;
 /// `POST /v1/updates`.
 pub async fn check_batch(
     catalog: &Catalog,
+    rollout: &Rollout,
     metrics: &Metrics,
     parts: &Parts,
     body: &mut RequestBody,
@@ -33,7 +35,7 @@ pub async fn check_batch(
         super::json_headers_ok(ct, len, MAX_JSON_BODY)?;
     }
     let body = super::read_body(body, MAX_JSON_BODY).await?;
-    batch_answer(&body, ip, catalog, metrics)
+    batch_answer(&body, ip, catalog, rollout, metrics)
 }
 
 /// The batch body as serde reads it: any valid JSON of this shape, borrowed
@@ -54,6 +56,21 @@ struct BatchItem<'a> {
     version: Cow<'a, str>,
     #[serde(default, borrow)]
     channel: Option<Cow<'a, str>>,
+    /// Checked after parsing, to say what is wrong with it.
+    #[serde(default)]
+    last_day: Option<serde_json::Value>,
+}
+
+/// A batch item's `last_day`: absent (or null), or the whole number an
+/// earlier answer gave.
+fn item_last_day(value: Option<&serde_json::Value>) -> Result<Option<u32>, ApiError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) if n.as_u64().is_some() => {
+            super::updates::last_day(&n.to_string()).map(Some)
+        }
+        Some(other) => super::updates::last_day(&other.to_string()).map(Some),
+    }
 }
 
 /// One item of a batch, however it was read.
@@ -62,6 +79,7 @@ struct Item<'a> {
     product: &'a str,
     version: &'a str,
     channel: &'a str,
+    last_day: Option<u32>,
     /// No string of the item needs escaping in JSON: written as it is.
     plain: bool,
 }
@@ -71,6 +89,7 @@ impl Item<'_> {
         product: "",
         version: "",
         channel: "",
+        last_day: None,
         plain: true,
     };
 }
@@ -87,6 +106,7 @@ fn batch_answer(
     body: &[u8],
     ip: IpAddr,
     catalog: &Catalog,
+    rollout: &Rollout,
     metrics: &Metrics,
 ) -> Result<Response, ApiError> {
     let mut items = [Item::NONE; MAX_BATCH];
@@ -113,6 +133,7 @@ fn batch_answer(
                     product: &item.product,
                     version: &item.version,
                     channel,
+                    last_day: item_last_day(item.last_day.as_ref())?,
                     plain: !needs_escape(&item.product)
                         && !needs_escape(&item.version)
                         && !needs_escape(channel),
@@ -128,11 +149,17 @@ fn batch_answer(
     let snap = catalog.load();
     let mut outcomes = [Outcome::Error(0); MAX_BATCH];
     let mut errors = Vec::new();
-    let mut size = RESULTS_OPEN.len() + RESULTS_CLOSE.len() + n - 1; // and n - 1 commas
+    let day = rollout.today();
+    let mut day_text = itoa::Buffer::new();
+    let day_text = day_text.format(day).as_bytes();
+    // The items, n - 1 commas, and `],"day":N}`.
+    let mut size =
+        RESULTS_OPEN.len() + n - 1 + 1 + super::updates::DAY_KEY.len() + day_text.len() + 1;
     for (item, outcome) in items.iter().zip(&mut outcomes) {
         *outcome = match resolve(&snap, item.product, item.version, item.channel, ip) {
             Ok(a) => {
                 metrics.check(if a.offer.is_some() { "update" } else { "none" });
+                rollout.checked(item.product, item.channel, item.version, item.last_day);
                 Outcome::Answer(a)
             }
             Err(e) => {
@@ -162,7 +189,10 @@ fn batch_answer(
             &errors,
         );
     }
-    out.extend_from_slice(RESULTS_CLOSE);
+    out.push(b']');
+    out.extend_from_slice(super::updates::DAY_KEY);
+    out.extend_from_slice(day_text);
+    out.push(b'}');
     debug_assert_eq!(out.len(), size, "the batch answer's size was miscounted");
     let mut resp = json_response(StatusCode::OK, out);
     resp.headers_mut().insert(
@@ -173,7 +203,6 @@ fn batch_answer(
 }
 
 const RESULTS_OPEN: &[u8] = b"{\"results\":[";
-const RESULTS_CLOSE: &[u8] = b"]}";
 
 /// One item's answer, piece by piece to `put` (counted or written by the
 /// same code): `{"product":..,"version":..,` then `"channel":..,"update":..,
@@ -282,8 +311,10 @@ impl<'a> Cursor<'a> {
         const PRODUCT: u64 = u64::from_le_bytes(*b"product\"");
         const VERSION: u64 = u64::from_le_bytes(*b"version\"");
         const CHANNEL: u64 = u64::from_le_bytes(*b"channel\"");
+        const LAST_DAY: u64 = u64::from_le_bytes(*b"last_day");
         self.expect(b'{')?;
         let (mut product, mut version, mut channel) = (None, None, None);
+        let mut last_day = None;
         loop {
             self.expect(b'"')?;
             let key = self.s.as_bytes().get(self.at..self.at + 8)?;
@@ -291,6 +322,18 @@ impl<'a> Cursor<'a> {
                 PRODUCT => &mut product,
                 VERSION => &mut version,
                 CHANNEL => &mut channel,
+                LAST_DAY if self.s.as_bytes().get(self.at + 8) == Some(&b'"') => {
+                    self.at += 9;
+                    self.expect(b':')?;
+                    if last_day.replace(self.day()?).is_some() {
+                        return None;
+                    }
+                    match self.next()? {
+                        b',' => continue,
+                        b'}' => break,
+                        _ => return None,
+                    }
+                }
                 _ => return None,
             };
             self.at += 8;
@@ -309,8 +352,30 @@ impl<'a> Cursor<'a> {
             product: product?,
             version: version?,
             channel: channel.unwrap_or(DEFAULT_CHANNEL),
+            last_day,
             plain: true,
         })
+    }
+
+    /// A day number: digits without a leading zero, as JSON writes a whole
+    /// number (anything else is serde's to read, or to refuse).
+    fn day(&mut self) -> Option<u32> {
+        let b = self.s.as_bytes();
+        while matches!(b.get(self.at), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            self.at += 1;
+        }
+        let start = self.at;
+        while b.get(self.at).is_some_and(u8::is_ascii_digit) {
+            self.at += 1;
+        }
+        let digits = &self.s[start..self.at];
+        if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) || digits.len() > 9 {
+            return None;
+        }
+        if matches!(b.get(self.at), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        digits.parse().ok()
     }
 }
 
@@ -377,20 +442,24 @@ mod tests {
     use proptest::prelude::*;
 
     /// The items serde reads from `body`, as `(product, version, channel)`.
-    fn by_serde(body: &str) -> Option<Vec<(String, String, String)>> {
+    type Read = (String, String, String, Option<u32>);
+
+    /// What serde reads, with `last_day` checked as the handler checks it.
+    fn by_serde(body: &str) -> Option<Vec<Read>> {
         let req: BatchRequest = serde_json::from_str(body).ok()?;
         let items = req.items.iter().map(|i| {
             let channel = i.channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
-            (
+            Some((
                 i.product.to_string(),
                 i.version.to_string(),
                 channel.to_owned(),
-            )
+                item_last_day(i.last_day.as_ref()).ok()?,
+            ))
         });
-        Some(items.collect())
+        items.collect()
     }
 
-    fn by_hand(body: &str) -> Option<Vec<(String, String, String)>> {
+    fn by_hand(body: &str) -> Option<Vec<Read>> {
         let mut items = [Item::NONE; MAX_BATCH];
         let n = parse_plain(body, &mut items)?;
         let items = items[..n].iter().map(|i| {
@@ -404,6 +473,7 @@ mod tests {
                 i.product.to_owned(),
                 i.version.to_owned(),
                 i.channel.to_owned(),
+                i.last_day,
             )
         });
         Some(items.collect())
@@ -506,8 +576,16 @@ mod tests {
         ];
         let key = prop_oneof![
             30 => prop::sample::select(vec!["product", "version", "channel"]),
-            1 => prop::sample::select(vec!["items", "Product", "productx", "prod", ""]),
+            1 => prop::sample::select(vec!["items", "Product", "productx", "prod", "", "last_day"]),
         ];
+        // A day number and its near misses.
+        let day = prop_oneof![
+            20 => (0u32..50_000).prop_map(|d| d.to_string()),
+            1 => prop::sample::select(vec!["-1", "01", "1.0", "1e3", "\"20424\"", "null", "4294967296", "99999999999"])
+                .prop_map(str::to_owned),
+        ];
+        let last_day = (ws(), ws(), ws(), day, ws())
+            .prop_map(|(a, b, c, d, e)| format!("{a}\"last_day\"{b}:{c}{d}{e}"));
         let pair = |key: BoxedStrategy<&'static str>| {
             (ws(), key, ws(), ws(), value.clone(), ws())
                 .prop_map(|(a, k, b, c, v, d)| format!("{a}\"{k}\"{b}:{c}{v}{d}"))
@@ -519,10 +597,11 @@ mod tests {
                 fixed("product"),
                 fixed("version"),
                 prop::option::of(fixed("channel")),
+                prop::option::of(last_day),
                 any::<prop::sample::Index>(),
             )
-                .prop_map(|(p, v, c, i)| {
-                    let mut all: Vec<String> = [Some(p), Some(v), c].into_iter().flatten().collect();
+                .prop_map(|(p, v, c, d, i)| {
+                    let mut all: Vec<String> = [Some(p), Some(v), c, d].into_iter().flatten().collect();
                     let n = all.len();
                     all.rotate_left(i.index(n));
                     all
@@ -610,7 +689,7 @@ mod tests {
             failed in any::<bool>(),
         ) {
             let plain = [&product, &version, &channel].iter().all(|s| !needs_escape(s));
-            let item = Item { product: &product, version: &version, channel: &channel, plain };
+            let item = Item { product: &product, version: &version, channel: &channel, last_day: None, plain };
             let (offer, freshness) = (offer.map(Bytes::from), Bytes::from_static(b"{\"f\":1}"));
             let errors = [ApiError::bad_request("bad_version", message)];
             let cell = std::sync::OnceLock::new();

@@ -13,6 +13,8 @@ mod jobs;
 mod ops;
 mod push;
 pub mod range;
+mod reports;
+pub mod stats;
 pub mod updates;
 
 use crate::blob::BlobStore;
@@ -53,6 +55,7 @@ pub struct Api {
     /// For `/readyz` ("saturated") and `/metrics`.
     pub admission: Arc<Admission>,
     pub requests: Arc<crate::edge::log::RequestLog>,
+    pub rollout: Arc<crate::rollout::Rollout>,
     pub limits: ApiLimits,
 }
 
@@ -93,6 +96,7 @@ impl Api {
         match route {
             Route::Check { product, version } => updates::check(
                 &self.catalog,
+                &self.rollout,
                 &self.metrics,
                 product,
                 version,
@@ -131,8 +135,13 @@ impl Api {
             let b = &mut body;
             let resp = match (route, actor) {
                 (Route::Batch, _) => {
-                    batch::check_batch(&api.catalog, &api.metrics, &parts, b, client).await
+                    batch::check_batch(&api.catalog, &api.rollout, &api.metrics, &parts, b, client)
+                        .await
                 }
+                (Route::Report, _) => {
+                    reports::report(&api.catalog, &api.rollout, &parts, b, client).await
+                }
+                (Route::Stats(product), Some(_)) => stats::stats(&api, &product, &parts).await,
                 (
                     Route::Artifact {
                         product,

@@ -27,6 +27,7 @@ pub fn metrics(api: &Api) -> Response {
         text,
         "# HELP firmcast_in_flight Requests holding a slot, by pool.\n# TYPE firmcast_in_flight gauge\nfirmcast_in_flight{{pool=\"public\"}} {public}\nfirmcast_in_flight{{pool=\"ops\"}} {ops}"
     );
+    render_rollout(&api.rollout.metrics, &mut text);
     let mut resp = Response::new(Body::from(text));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -69,4 +70,48 @@ pub async fn readiness(api: &Api) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json(code, &body)
+}
+
+/// Auto-pauses, ramp steps, today's active installs and the reports of
+/// every live release's current window.
+fn render_rollout(m: &crate::rollout::RolloutMetrics, out: &mut String) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        out,
+        "# HELP firmcast_release_auto_pauses_total Releases paused by their health gate (alert on any).\n# TYPE firmcast_release_auto_pauses_total counter\nfirmcast_release_auto_pauses_total {}",
+        m.auto_pauses.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP firmcast_release_ramp_steps_total Ramp steps taken by this instance.\n# TYPE firmcast_release_ramp_steps_total counter\nfirmcast_release_ramp_steps_total {}",
+        m.ramp_steps.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP firmcast_stats_flush_failures_total Flushes of counts the store did not take (retried).\n# TYPE firmcast_stats_flush_failures_total counter\nfirmcast_stats_flush_failures_total {}",
+        m.flush_failures.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP firmcast_active_installs Devices that checked today, by product, channel and installed version.\n# TYPE firmcast_active_installs gauge"
+    );
+    for ((product, channel, version), n) in m.active.load().iter() {
+        let _ = writeln!(
+            out,
+            "firmcast_active_installs{{product=\"{product}\",channel=\"{channel}\",version=\"{version}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP firmcast_release_reports Install reports in each release's current window, by outcome.\n# TYPE firmcast_release_reports gauge"
+    );
+    for ((product, version), w) in m.reports.load().iter() {
+        for (outcome, n) in [("installed", w.installed), ("failed", w.failed)] {
+            let _ = writeln!(
+                out,
+                "firmcast_release_reports{{product=\"{product}\",version=\"{version}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
 }

@@ -6,6 +6,7 @@ use crate::catalog::{CachedAnswer, Catalog, Snapshot};
 use crate::edge::Response;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::rollout::Rollout;
 use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::StatusCode;
@@ -116,10 +117,14 @@ pub(super) fn put_answer(put: &mut impl FnMut(&[u8]), a: &Answer<'_>) {
     put(a.freshness);
 }
 
-/// `GET /v1/updates/{product}/{version}?channel=`: the hot path, answered
-/// from the snapshot with the whole answer cached per statement and offer.
+/// `GET /v1/updates/{product}/{version}?channel=&last_day=`: the hot path,
+/// answered from the snapshot with the whole answer cached per statement
+/// and offer, and counted for adoption when it is the app's first check of
+/// the day.
+#[allow(clippy::too_many_arguments)]
 pub fn check(
     catalog: &Catalog,
+    rollout: &Rollout,
     metrics: &Metrics,
     product: &str,
     version: &str,
@@ -127,14 +132,14 @@ pub fn check(
     headers: &HeaderMap,
     ip: IpAddr,
 ) -> Response {
-    let channel = match channel(query) {
-        Ok(c) => c,
+    let q = match CheckQuery::parse(query) {
+        Ok(q) => q,
         Err(e) => {
             metrics.check("error");
             return e.into_response();
         }
     };
-    let channel = channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
+    let channel = q.channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
     let snap = catalog.load();
     let answer = match resolve(&snap, product, version, channel, ip) {
         Ok(a) => a,
@@ -148,8 +153,10 @@ pub fn check(
     } else {
         "none"
     });
+    rollout.checked(product, channel, version, q.last_day);
+    let day = rollout.today();
     if let Some(tags) = if_none_match(headers) {
-        let etag = etag(answer.statement, answer.seq);
+        let etag = etag(answer.statement, answer.seq, day);
         if names(tags, &etag) {
             let mut resp = Response::new(crate::edge::body::Body::empty());
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
@@ -157,47 +164,95 @@ pub fn check(
             return resp;
         }
     }
-    let cached = answer.cached.get_or_init(|| {
+    let build = || {
         let mut headers = hyper::HeaderMap::with_capacity(3);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        set_cache_headers(&mut headers, etag(answer.statement, answer.seq));
+        set_cache_headers(&mut headers, etag(answer.statement, answer.seq, day));
         CachedAnswer {
-            body: whole_answer(&answer),
+            day,
+            body: whole_answer(&answer, day),
             headers,
         }
-    });
+    };
+    let cached = answer.cached.get_or_init(build);
+    // A statement made yesterday is replaced at midnight; until then its
+    // answers are built with today's day.
+    let fresh;
+    let cached = if cached.day == day {
+        cached
+    } else {
+        fresh = build();
+        &fresh
+    };
     let mut resp = Response::new(crate::edge::body::Body::Full(cached.body.clone()));
     *resp.headers_mut() = cached.headers.clone();
     resp
 }
 
-/// The check's one query parameter, `channel`; others are ignored, as
-/// caches and app versions add their own. Named twice it is a 400.
-fn channel(query: Option<&str>) -> Result<Option<Cow<'_, str>>, ApiError> {
-    let Some(query) = query else {
-        return Ok(None);
-    };
-    let twice = || ApiError::bad_request("bad_query", "channel is given twice; send it once");
-    let mut found = None;
-    if !query.contains(['%', '+']) {
-        // What apps send: nothing to decode, nothing to allocate.
-        for pair in query.split('&') {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if key == "channel" && found.replace(Cow::Borrowed(value)).is_some() {
-                return Err(twice());
+/// The check's query: `channel` and `last_day`; other parameters are
+/// ignored, as caches and app versions add their own. Either named twice
+/// is a 400.
+#[derive(Default)]
+struct CheckQuery<'q> {
+    channel: Option<Cow<'q, str>>,
+    last_day: Option<u32>,
+}
+
+impl<'q> CheckQuery<'q> {
+    fn parse(query: Option<&'q str>) -> Result<Self, ApiError> {
+        let mut q = CheckQuery::default();
+        let Some(query) = query else {
+            return Ok(q);
+        };
+        if !query.contains(['%', '+']) {
+            // What apps send: nothing to decode, nothing to allocate.
+            for pair in query.split('&') {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                q.take(key, Cow::Borrowed(value))?;
+            }
+        } else {
+            for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+                q.take(&key, value)?;
             }
         }
-        return Ok(found);
+        Ok(q)
     }
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if key == "channel" && found.replace(value).is_some() {
-            return Err(twice());
+
+    fn take(&mut self, key: &str, value: Cow<'q, str>) -> Result<(), ApiError> {
+        let twice = match key {
+            "channel" => self.channel.replace(value).is_some(),
+            "last_day" => self.last_day.replace(last_day(&value)?).is_some(),
+            _ => false,
+        };
+        if twice {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                format!("{key} is given twice; send it once"),
+            ));
         }
+        Ok(())
     }
-    Ok(found)
+}
+
+/// A `last_day` as apps send it back: the whole number an earlier answer
+/// gave. One past any day number is kept as the largest, which counts as
+/// "in the future" (answered, not counted).
+pub(super) fn last_day(value: &str) -> Result<u32, ApiError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::bad_request(
+            "bad_last_day",
+            format!(
+                "last_day {:?} is not a day number; send back the \"day\" of your last answer (a whole number), or leave it out",
+                value.chars().take(40).collect::<String>()
+            ),
+        ));
+    }
+    Ok(value
+        .parse::<u64>()
+        .map_or(u32::MAX, |d| d.min(u64::from(u32::MAX)) as u32))
 }
 
 /// The `If-None-Match` value, if any: one pass over the few headers an app
@@ -220,21 +275,28 @@ fn names(tags: &HeaderValue, etag: &HeaderValue) -> bool {
 
 /// `{"update":…,"freshness":…}`, exactly sized: `Bytes` then takes the
 /// buffer as it is.
-fn whole_answer(answer: &Answer<'_>) -> Bytes {
-    let mut len = 2;
+fn whole_answer(answer: &Answer<'_>, day: u32) -> Bytes {
+    let mut day_text = itoa::Buffer::new();
+    let day_text = day_text.format(day).as_bytes();
+    let mut len = 2 + DAY_KEY.len() + day_text.len();
     put_answer(&mut |text: &[u8]| len += text.len(), answer);
     let mut body = Vec::with_capacity(len);
     body.push(b'{');
     put_answer(&mut |text: &[u8]| body.extend_from_slice(text), answer);
+    body.extend_from_slice(DAY_KEY);
+    body.extend_from_slice(day_text);
     body.push(b'}');
     Bytes::from(body)
 }
 
+/// Every check answer ends with the server's day number.
+pub(super) const DAY_KEY: &[u8] = b",\"day\":";
+
 /// Names the answer's bytes: its statement (re-signed freshness, or a
-/// changed product, makes a new one) and the offered release.
+/// changed product, makes a new one), the offered release and the day.
 /// Hex written by hand: `format!` costs more than the rest of the check.
-fn etag(statement: u64, seq: u64) -> HeaderValue {
-    fn hex(out: &mut [u8; 36], at: &mut usize, n: u64) {
+fn etag(statement: u64, seq: u64, day: u32) -> HeaderValue {
+    fn hex(out: &mut [u8; 48], at: &mut usize, n: u64) {
         let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
         for i in (0..digits).rev() {
             out[*at] = b"0123456789abcdef"[(n >> (i * 4)) as usize & 0xf];
@@ -242,12 +304,15 @@ fn etag(statement: u64, seq: u64) -> HeaderValue {
         }
     }
     // On the stack, then copied once into an exactly sized buffer.
-    let mut tag = [b'"'; 36];
+    let mut tag = [b'"'; 48];
     let mut at = 1;
     hex(&mut tag, &mut at, statement);
     tag[at] = b'-';
     at += 1;
     hex(&mut tag, &mut at, seq);
+    tag[at] = b'-';
+    at += 1;
+    hex(&mut tag, &mut at, u64::from(day));
     HeaderValue::from_bytes(&tag[..=at]).expect("hex and quotes are valid header bytes")
 }
 
@@ -264,9 +329,14 @@ fn set_cache_headers(h: &mut HeaderMap, etag: HeaderValue) {
 mod tests {
     #[test]
     fn etags_are_quoted_lowercase_hex() {
-        for (g, s) in [(0, 0), (1, 0x1f), (0xabc, 7), (u64::MAX, u64::MAX)] {
-            let want = format!("\"{g:x}-{s:x}\"");
-            assert_eq!(super::etag(g, s).to_str().unwrap(), want);
+        for (g, s, d) in [
+            (0, 0, 0),
+            (1, 0x1f, 20_424),
+            (0xabc, 7, 1),
+            (u64::MAX, u64::MAX, u32::MAX),
+        ] {
+            let want = format!("\"{g:x}-{s:x}-{d:x}\"");
+            assert_eq!(super::etag(g, s, d).to_str().unwrap(), want);
         }
     }
 }

@@ -102,6 +102,7 @@ impl Release {
             published_at,
             published_by,
             updated_at,
+            steering,
         } = s;
         let r = &self.stored;
         (
@@ -117,6 +118,7 @@ impl Release {
             &r.seed,
         ) && (published_at, published_by, updated_at)
             == (&r.published_at, &r.published_by, &r.updated_at)
+            && *steering == r.steering
             && envelope.trim().as_bytes() == self.envelope()
     }
 
@@ -183,6 +185,8 @@ static NEXT_STATEMENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU
 /// built once by the API, then sent as it is.
 #[derive(Debug)]
 pub struct CachedAnswer {
+    /// The day number the body carries.
+    pub day: u32,
     pub body: Bytes,
     pub headers: hyper::HeaderMap,
 }
@@ -199,6 +203,11 @@ pub struct Resolved<'a> {
 }
 
 impl ProductCatalog {
+    /// Newest version first.
+    pub fn releases(&self) -> &[Arc<Release>] {
+        &self.releases
+    }
+
     pub fn release(&self, version: &Version) -> Option<&Arc<Release>> {
         self.releases
             .iter()
@@ -574,6 +583,7 @@ mod tests {
             published_at: Utc::now(),
             published_by: "t".into(),
             updated_at: Utc::now(),
+            steering: Default::default(),
         }
     }
 

@@ -65,6 +65,8 @@ pub enum Route<'a> {
     CancelJob(Cow<'a, str>),
     /// `GET /v1/admin/audit`.
     Audit,
+    /// `GET /v1/admin/stats/{product}`.
+    Stats(Cow<'a, str>),
 }
 
 /// Which limits and pool a route belongs to.
@@ -249,6 +251,9 @@ impl<'a> Route<'a> {
                 }),
             },
             [Some("audit"), None, ..] => allow(get, "GET, HEAD", Route::Audit),
+            [Some("stats"), Some(product), None, ..] if param(product) => {
+                allow(get, "GET, HEAD", Route::Stats(p(product)))
+            }
             _ => Err(NoRoute::NotFound),
         }
     }
@@ -274,7 +279,8 @@ impl<'a> Route<'a> {
             | Route::Notify { .. }
             | Route::Job(_)
             | Route::CancelJob(_)
-            | Route::Audit => Class::Ops,
+            | Route::Audit
+            | Route::Stats(_) => Class::Ops,
         }
     }
 
@@ -284,7 +290,9 @@ impl<'a> Route<'a> {
         use crate::config::Role;
         match self {
             // A viewer reads everything under /v1/admin and changes nothing.
-            Route::ListReleases | Route::Job(_) | Route::Audit => Some(Role::Viewer),
+            Route::ListReleases | Route::Job(_) | Route::Audit | Route::Stats(_) => {
+                Some(Role::Viewer)
+            }
             Route::Upload { .. }
             | Route::Publish
             | Route::PatchRelease { .. }
@@ -296,7 +304,7 @@ impl<'a> Route<'a> {
 
     /// The route's names, by [`Route::index`]: metric labels and the
     /// request log.
-    pub const NAMES: [&'static str; 18] = [
+    pub const NAMES: [&'static str; 19] = [
         "check",
         "batch",
         "report",
@@ -315,6 +323,7 @@ impl<'a> Route<'a> {
         "admin.notify",
         "admin.job",
         "admin.audit",
+        "admin.stats",
     ];
 
     /// The route's place in [`Route::NAMES`] (and in per-route counters).
@@ -338,6 +347,7 @@ impl<'a> Route<'a> {
             Route::Notify { .. } => 15,
             Route::Job(_) | Route::CancelJob(_) => 16,
             Route::Audit => 17,
+            Route::Stats(_) => 18,
         }
     }
 
@@ -392,6 +402,7 @@ impl<'a> Route<'a> {
             },
             Route::Job(id) => Route::Job(o(id)),
             Route::CancelJob(id) => Route::CancelJob(o(id)),
+            Route::Stats(p) => Route::Stats(o(p)),
             Route::Batch => Route::Batch,
             Route::Report => Route::Report,
             Route::Keys => Route::Keys,

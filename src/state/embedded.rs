@@ -134,16 +134,7 @@ impl StateStore for EmbeddedStateStore {
                 else {
                     return Err(StateError::NotFound { product, version });
                 };
-                if let Some(bp) = patch.rollout_bp {
-                    release.rollout_bp = bp;
-                }
-                if let Some(paused) = patch.paused {
-                    release.paused = paused;
-                }
-                if let Some(yanked) = patch.yanked {
-                    release.yanked = yanked;
-                }
-                release.updated_at = at;
+                patch.apply(&mut release, at)?;
                 releases
                     .insert((product.as_str(), seq), encode(&release).as_str())
                     .db()?;
@@ -313,6 +304,7 @@ mod tests {
             published_at: at,
             published_by: "alice".into(),
             updated_at: at,
+            steering: Default::default(),
         }
     }
 

@@ -25,7 +25,7 @@ use crate::storage::{Backend, StoreError};
 
 /// A published release as stored. The envelope is kept byte for byte as the
 /// release engineer signed it; everything else is rollout state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredRelease {
     pub product: String,
     /// Canonical semver string (as `semver::Version` prints it).
@@ -44,14 +44,175 @@ pub struct StoredRelease {
     pub published_at: DateTime<Utc>,
     pub published_by: String,
     pub updated_at: DateTime<Utc>,
+    /// Who paused it and why, its health gate and ramp (absent in records
+    /// written before rollout intelligence: all defaults).
+    #[serde(default)]
+    pub steering: Steering,
 }
 
-/// A change to rollout state; `None` leaves a field alone.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The rollout-intelligence part of a release.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Steering {
+    /// Who paused it: an admin token's name, or `health` for its gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<String>,
+    /// Why, in words (the gate's numbers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
+    /// The gate; `None` means the deployment's default (`[rollout.health]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthGate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<Ramp>,
+    /// The report window the gate reads: reports count from the publish,
+    /// and a resume starts a new window.
+    #[serde(default)]
+    pub window: u32,
+}
+
+/// A health gate: once `failed / (failed + installed)` exceeds
+/// `max_failure_rate` with at least `min_reports` reports in the window,
+/// the release pauses itself.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthGate {
+    pub min_reports: u64,
+    pub max_failure_rate: f64,
+}
+
+/// A ramp: the rollout moves to the next of `steps_bp` each time
+/// `every_secs` has passed, unless the release is paused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ramp {
+    /// Strictly increasing, in basis points, ending at 10000.
+    pub steps_bp: Vec<u16>,
+    pub every_secs: u64,
+    /// The step the rollout is at.
+    pub step: usize,
+    /// When the next step is due; `None` once at the last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<DateTime<Utc>>,
+}
+
+impl Ramp {
+    /// A ramp starting at its first step now.
+    pub fn start(steps_bp: Vec<u16>, every_secs: u64, now: DateTime<Utc>) -> Ramp {
+        let mut ramp = Ramp {
+            steps_bp,
+            every_secs,
+            step: 0,
+            next_at: None,
+        };
+        ramp.schedule(now);
+        ramp
+    }
+
+    pub fn current_bp(&self) -> u16 {
+        self.steps_bp.get(self.step).copied().unwrap_or(10_000)
+    }
+
+    pub fn done(&self) -> bool {
+        self.step + 1 >= self.steps_bp.len()
+    }
+
+    /// Sets the next step's time one interval from `now` (none when done).
+    pub fn schedule(&mut self, now: DateTime<Utc>) {
+        self.next_at = (!self.done()).then(|| {
+            now + chrono::Duration::seconds(self.every_secs.min(i64::MAX as u64 / 2) as i64)
+        });
+    }
+}
+
+/// A change to a release; `None` leaves a field alone. Applied by every
+/// store in one atomic step ([`ReleasePatch::apply`]).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReleasePatch {
     pub rollout_bp: Option<u16>,
+    /// Pausing records who and why; resuming clears them, starts a new
+    /// report window and restarts the ramp's interval.
     pub paused: Option<bool>,
+    /// With `paused: Some(true)`: who and why.
+    pub pause: Option<(String, Option<String>)>,
     pub yanked: Option<bool>,
+    pub health: Option<Option<HealthGate>>,
+    pub ramp: Option<Option<Ramp>>,
+    /// Applied only if this holds, else `StateError::Precondition`: what
+    /// makes a step of the service's own (a ramp step, an auto-pause)
+    /// happen once however many instances try it.
+    pub only_if: Option<Condition>,
+}
+
+/// A condition on the stored release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Not paused, not yanked.
+    Live,
+    /// Live, and its ramp at this step.
+    LiveAtRampStep(usize),
+}
+
+impl ReleasePatch {
+    /// True when the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.rollout_bp.is_none()
+            && self.paused.is_none()
+            && self.yanked.is_none()
+            && self.health.is_none()
+            && self.ramp.is_none()
+    }
+
+    /// Applies the patch to `r` at `at`, or says why it may not.
+    pub fn apply(&self, r: &mut StoredRelease, at: DateTime<Utc>) -> Result<(), StateError> {
+        let live = !r.paused && !r.yanked;
+        let holds = match self.only_if {
+            None => true,
+            Some(Condition::Live) => live,
+            Some(Condition::LiveAtRampStep(step)) => {
+                live && r
+                    .steering
+                    .ramp
+                    .as_ref()
+                    .is_some_and(|ramp| ramp.step == step)
+            }
+        };
+        if !holds {
+            return Err(StateError::Precondition {
+                product: r.product.clone(),
+                version: r.version.clone(),
+            });
+        }
+        if let Some(bp) = self.rollout_bp {
+            r.rollout_bp = bp;
+        }
+        if let Some(ramp) = &self.ramp {
+            r.steering.ramp = ramp.clone();
+        }
+        if let Some(health) = self.health {
+            r.steering.health = health;
+        }
+        match self.paused {
+            Some(true) if !r.paused => {
+                r.paused = true;
+                let (by, reason) = self.pause.clone().unzip();
+                r.steering.paused_by = by;
+                r.steering.pause_reason = reason.flatten();
+            }
+            Some(false) if r.paused => {
+                r.paused = false;
+                r.steering.paused_by = None;
+                r.steering.pause_reason = None;
+                r.steering.window += 1;
+                if let Some(ramp) = r.steering.ramp.as_mut() {
+                    ramp.schedule(at);
+                }
+            }
+            _ => {}
+        }
+        if let Some(yanked) = self.yanked {
+            r.yanked = yanked;
+        }
+        r.updated_at = at;
+        Ok(())
+    }
 }
 
 /// Who did what, when. Never holds a token or a client address.
@@ -80,6 +241,8 @@ pub enum StateError {
     StaleSeq { product: String, seq: u64, max: u64 },
     #[error("no release {product} {version}")]
     NotFound { product: String, version: String },
+    #[error("{product} {version} changed meanwhile (paused, yanked or its ramp moved); look again and retry")]
+    Precondition { product: String, version: String },
     #[error("the state store ({backend}) is unavailable: {reason}")]
     Unavailable {
         backend: &'static str,

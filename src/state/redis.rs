@@ -266,16 +266,7 @@ impl StateStore for RedisStateStore {
                     };
                     let mut release: StoredRelease =
                         decode(&current, || format!("release {product} {version}"))?;
-                    if let Some(bp) = patch.rollout_bp {
-                        release.rollout_bp = bp;
-                    }
-                    if let Some(paused) = patch.paused {
-                        release.paused = paused;
-                    }
-                    if let Some(yanked) = patch.yanked {
-                        release.yanked = yanked;
-                    }
-                    release.updated_at = at;
+                    patch.apply(&mut release, at)?;
                     let reply: Vec<String> = c
                         .invoke(
                             script

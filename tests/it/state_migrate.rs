@@ -46,6 +46,7 @@ async fn populate(store: &dyn StateStore) -> (Vec<StoredRelease>, Vec<AuditEntry
                 rollout_bp: Some(10_000),
                 paused: Some(false),
                 yanked: Some(true),
+                ..Default::default()
             },
             instant(3_600),
         )

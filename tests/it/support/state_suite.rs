@@ -27,6 +27,7 @@ macro_rules! state_conformance {
             seq_is_per_product,
             update_patches_only_given_fields,
             update_unknown_release_not_found,
+            conditional_patches_hold_or_change_nothing,
             list_filters_by_product_ordered_by_seq,
             audit_ids_increase_and_page_newest_first,
             catalog_version_counts_changes_only,
@@ -36,6 +37,7 @@ macro_rules! state_conformance {
             concurrent_same_seq_has_one_winner,
             concurrent_racing_seqs_keep_only_non_conflicting,
             concurrent_changes_each_bump_catalog_version,
+            racing_ramp_steps_advance_once,
         );
     };
     (@tests $make:expr; $($name:ident),+ $(,)?) => {
@@ -103,6 +105,21 @@ pub fn release(product: &str, version: &str, seq: u64) -> StoredRelease {
         published_at: instant(0),
         published_by: "alice".into(),
         updated_at: instant(1),
+        steering: firmcast::state::Steering {
+            paused_by: Some("alice".into()),
+            pause_reason: Some("looking at crash reports".into()),
+            health: Some(firmcast::state::HealthGate {
+                min_reports: 50,
+                max_failure_rate: 0.02,
+            }),
+            ramp: Some(firmcast::state::Ramp {
+                steps_bp: vec![100, 1000, 10_000],
+                every_secs: 3600,
+                step: 1,
+                next_at: Some(instant(7200)),
+            }),
+            window: 3,
+        },
     }
 }
 
@@ -412,9 +429,16 @@ pub async fn update_patches_only_given_fields(store: Arc<dyn StateStore>) {
         )
         .await
         .unwrap();
+    // Resuming clears who paused it and why, starts a new report window and
+    // restarts the ramp's interval from now.
     expected.paused = false;
     expected.yanked = true;
     expected.updated_at = at;
+    expected.steering.paused_by = None;
+    expected.steering.pause_reason = None;
+    expected.steering.window += 1;
+    let ramp = expected.steering.ramp.as_mut().unwrap();
+    ramp.next_at = Some(at + chrono::Duration::seconds(ramp.every_secs as i64));
     assert_eq!(patched, expected);
 
     // An empty patch still records when it was applied.
@@ -431,6 +455,121 @@ pub async fn update_patches_only_given_fields(store: Arc<dyn StateStore>) {
     );
 
     assert_eq!(store.get_release("P", "1.1.0").await.unwrap(), Some(other));
+}
+
+/// The service's own changes (an auto-pause, a ramp step) apply only while
+/// their condition holds, and otherwise change nothing.
+pub async fn conditional_patches_hold_or_change_nothing(store: Arc<dyn StateStore>) {
+    use firmcast::state::Condition;
+    let mut r = release("P", "1.0.0", 1);
+    r.paused = false;
+    store.insert_release(&r).await.unwrap();
+    let pause = ReleasePatch {
+        paused: Some(true),
+        pause: Some(("health".into(), Some("2 of 3 failed".into()))),
+        only_if: Some(Condition::Live),
+        ..Default::default()
+    };
+    let paused = store
+        .update_release("P", "1.0.0", &pause, instant(10))
+        .await
+        .unwrap();
+    assert!(paused.paused);
+    assert_eq!(paused.steering.paused_by.as_deref(), Some("health"));
+    assert_eq!(
+        paused.steering.pause_reason.as_deref(),
+        Some("2 of 3 failed")
+    );
+    let version = store.catalog_version().await.unwrap();
+    // Paused already: a second auto-pause (another instance) changes nothing.
+    let again = store
+        .update_release("P", "1.0.0", &pause, instant(11))
+        .await;
+    assert!(
+        matches!(again, Err(StateError::Precondition { .. })),
+        "{again:?}"
+    );
+    assert_eq!(store.catalog_version().await.unwrap(), version);
+    assert_eq!(
+        store
+            .get_release("P", "1.0.0")
+            .await
+            .unwrap()
+            .unwrap()
+            .updated_at,
+        instant(10)
+    );
+    // A ramp step for a step the release is not at changes nothing either.
+    let step = ReleasePatch {
+        rollout_bp: Some(10_000),
+        only_if: Some(Condition::LiveAtRampStep(0)),
+        ..Default::default()
+    };
+    let resumed = ReleasePatch {
+        paused: Some(false),
+        ..Default::default()
+    };
+    store
+        .update_release("P", "1.0.0", &resumed, instant(12))
+        .await
+        .unwrap();
+    let wrong = store.update_release("P", "1.0.0", &step, instant(13)).await;
+    assert!(
+        matches!(wrong, Err(StateError::Precondition { .. })),
+        "{wrong:?}"
+    );
+    let at_step = ReleasePatch {
+        only_if: Some(Condition::LiveAtRampStep(1)),
+        rollout_bp: Some(10_000),
+        ..Default::default()
+    };
+    let moved = store
+        .update_release("P", "1.0.0", &at_step, instant(14))
+        .await
+        .unwrap();
+    assert_eq!(moved.rollout_bp, 10_000, "the fixture's ramp is at step 1");
+}
+
+/// Instances racing to take the same ramp step: exactly one moves it.
+pub async fn racing_ramp_steps_advance_once(store: Arc<dyn StateStore>) {
+    use firmcast::state::Condition;
+    let mut r = release("P", "1.0.0", 1);
+    r.paused = false;
+    store.insert_release(&r).await.unwrap();
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut ramp = release("P", "1.0.0", 1).steering.ramp.unwrap();
+            ramp.step += 1;
+            let patch = ReleasePatch {
+                rollout_bp: Some(ramp.current_bp()),
+                ramp: Some(Some(ramp)),
+                only_if: Some(Condition::LiveAtRampStep(1)),
+                ..Default::default()
+            };
+            store
+                .update_release("P", "1.0.0", &patch, instant(100 + i))
+                .await
+        }));
+    }
+    let mut won = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(r) => {
+                won += 1;
+                assert_eq!(r.steering.ramp.unwrap().step, 2);
+            }
+            Err(StateError::Precondition { .. }) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    let stored = store.get_release("P", "1.0.0").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.rollout_bp, stored.steering.ramp.unwrap().step),
+        (10_000, 2)
+    );
 }
 
 pub async fn update_unknown_release_not_found(store: Arc<dyn StateStore>) {
