@@ -201,6 +201,9 @@ impl Releases {
             },
         };
         self.store.insert_release(&stored).await?;
+        if let Some(ramp) = &req.ramp {
+            self.audit_ramp_step(&stored, None, ramp).await?;
+        }
         self.audit(
             actor,
             "release.publish",
@@ -242,6 +245,10 @@ impl Releases {
             .store
             .update_release(product, version, &patch, Utc::now())
             .await?;
+        if let Some(Some(ramp)) = &patch.ramp {
+            self.audit_ramp_step(&current, Some(current.rollout_bp), ramp)
+                .await?;
+        }
         let mut detail = serde_json::json!({
             "rollout": patch.rollout_bp.map(|bp| f64::from(bp) / 100.0),
             "paused": patch.paused, "yanked": patch.yanked,
@@ -332,6 +339,18 @@ impl Releases {
             Err(StateError::Precondition { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        self.audit_ramp_step(s, Some(s.rollout_bp), &next).await?;
+        self.refresh_product(&s.product).await?;
+        Ok(Some(updated))
+    }
+
+    /// The audit entry of a ramp step (the first one when a ramp starts).
+    async fn audit_ramp_step(
+        &self,
+        s: &StoredRelease,
+        from_bp: Option<u16>,
+        ramp: &Ramp,
+    ) -> Result<(), ApiError> {
         let actor = Actor {
             name: "ramp".to_owned(),
             role: Role::Admin,
@@ -341,14 +360,12 @@ impl Releases {
             "release.ramp_step",
             format!("{} {}", s.product, s.version),
             serde_json::json!({
-                "from": f64::from(s.rollout_bp) / 100.0,
-                "to": f64::from(next.current_bp()) / 100.0,
-                "step": next.step, "steps": next.steps_bp.len(), "next_at": next.next_at,
+                "from": from_bp.map(|bp| f64::from(bp) / 100.0),
+                "to": f64::from(ramp.current_bp()) / 100.0,
+                "step": ramp.step + 1, "steps": ramp.steps_bp.len(), "next_at": ramp.next_at,
             }),
         )
-        .await?;
-        self.refresh_product(&s.product).await?;
-        Ok(Some(updated))
+        .await
     }
 
     pub async fn list(&self, product: Option<&str>) -> Result<Vec<ReleaseView>, ApiError> {

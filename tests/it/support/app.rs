@@ -8,6 +8,7 @@ use firmcast_signing::release::{ArtifactRef, ReleaseManifest};
 use firmcast_signing::{Envelope, Keyset, PrivateKey, Role};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const PUBLISHER_TOKEN: &str = "test-publisher-token";
@@ -15,12 +16,12 @@ pub const VIEWER_TOKEN: &str = "test-viewer-token";
 
 pub struct TestApp {
     /// The handlers' services, for tests that look inside.
-    pub api: std::sync::Arc<firmcast::api::Api>,
+    pub api: Arc<firmcast::api::Api>,
     pub addr: SocketAddr,
     pub url: String,
     pub dir: tempfile::TempDir,
-    pub release_key: PrivateKey,
-    pub root_key: PrivateKey,
+    pub release_key: Arc<PrivateKey>,
+    pub root_key: Arc<PrivateKey>,
     pub client: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -69,7 +70,20 @@ pub async fn spawn_app_with_server(server: &str, extra_config: &str) -> TestApp 
     let dir = tempfile::tempdir().unwrap();
     let (root_key, release_key) = make_keys(dir.path());
     write_config(dir.path(), server, extra_config);
-    start(dir, root_key, release_key).await
+    start(dir, Arc::new(root_key), Arc::new(release_key)).await
+}
+
+/// Another server with `first`'s keys (its own data and config, with
+/// `extra_config`): instances of one deployment, to share a Redis.
+pub async fn spawn_app_sharing_keys(first: &TestApp, extra_config: &str) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    for f in ["root.pub.pem", "timestamp.pem", "keyset.json"] {
+        std::fs::copy(first.path(&format!("keys/{f}")), keys.join(f)).unwrap();
+    }
+    write_config(dir.path(), "", extra_config);
+    start(dir, first.root_key.clone(), first.release_key.clone()).await
 }
 
 fn write_config(dir: &std::path::Path, server: &str, extra_config: &str) {
@@ -113,7 +127,11 @@ sha256 = "{viewer}"
     std::fs::write(dir.join("config.toml"), config).unwrap();
 }
 
-async fn start(dir: tempfile::TempDir, root_key: PrivateKey, release_key: PrivateKey) -> TestApp {
+async fn start(
+    dir: tempfile::TempDir,
+    root_key: Arc<PrivateKey>,
+    release_key: Arc<PrivateKey>,
+) -> TestApp {
     let path = dir.path().join("config.toml");
     let settings = Settings::load(Some(&path)).unwrap();
     let app = Application::build(settings).await.unwrap();
