@@ -48,7 +48,7 @@ pub enum Error {
         retry_after: Option<u64>,
     },
     /// A 4xx refusal: this request will not succeed as it is.
-    #[error("server refused the check ({status} {code}): {message}")]
+    #[error("server refused ({status} {code}): {message}")]
     Refused {
         status: u16,
         code: String,

@@ -8,4 +8,5 @@ mod checks;
 mod downloads;
 mod flips;
 mod keysets;
+mod live;
 mod support;
