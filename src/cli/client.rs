@@ -10,6 +10,9 @@ use serde::de::DeserializeOwned;
 use std::io::Read;
 use std::time::Duration;
 
+/// Server text printed to a terminal: one line, no control characters, bounded.
+pub(crate) use firmcast_client::http::one_line;
+
 /// Connecting should be quick; a server that takes longer is down or unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// For a whole small request, and for each read of a streamed response body.
@@ -204,20 +207,6 @@ pub(crate) fn read_limited(resp: Response, limit: u64) -> Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Server text printed to a terminal: one line, no control characters, bounded.
-pub(crate) fn one_line(s: &str, max: usize) -> String {
-    let mut out: String = s
-        .trim()
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(max)
-        .collect();
-    if s.trim().chars().count() > max {
-        out.push_str("...");
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,11 +249,5 @@ mod tests {
         };
         let err = Api::admin(&args).err().unwrap();
         assert!(err.to_string().contains("FIRMCAST_TOKEN"), "{err}");
-    }
-
-    #[test]
-    fn server_text_is_one_bounded_line() {
-        assert_eq!(one_line(" a\nb\x1b[31m ", 100), "a b [31m");
-        assert_eq!(one_line("abcdef", 3), "abc...");
     }
 }
