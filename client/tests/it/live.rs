@@ -165,6 +165,20 @@ impl Live {
         fw
     }
 
+    /// `firmcast check` of HP 2.0.0 against this server, plus `extra`.
+    fn check_cli(&self, extra: &[&str]) -> (String, String) {
+        let mut args = vec![
+            "check",
+            "--server",
+            &self.url,
+            "--root",
+            "keys/root.pub.pem",
+        ];
+        args.extend_from_slice(&["--product", HP, "--version", "2.0.0"]);
+        args.extend_from_slice(extra);
+        cli(self.dir.path(), &args, true)
+    }
+
     fn transport(&self) -> Transport {
         let root = std::fs::read_to_string(self.dir.path().join("keys/root.pub.pem")).unwrap();
         Transport::new(Client::new(&self.url, &root).unwrap())
@@ -226,23 +240,7 @@ fn the_app_and_two_devices_check_download_resume_and_persist() {
     assert_eq!(o.state.keyset_version(), Some(1));
 
     // `firmcast check` agrees, from the same kind of state file.
-    let (out, _) = cli(
-        live.dir.path(),
-        &[
-            "check",
-            "--server",
-            &live.url,
-            "--root",
-            "keys/root.pub.pem",
-            "--product",
-            HP,
-            "--version",
-            "2.0.0",
-            "--state",
-            "cli-state.json",
-        ],
-        true,
-    );
+    let (out, _) = live.check_cli(&["--state", "cli-state.json"]);
     assert!(
         out.starts_with(&format!("update available: {HP} 2.2.0 (seq 1")),
         "{out}"
@@ -297,23 +295,7 @@ fn the_server_day_is_kept_and_echoed() {
     assert_eq!(o.state.last_day.get(HP), Some(&day));
     // The echo is accepted (the server refuses unknown fields).
     t.check(&o.state, items()).unwrap();
-    let (_, _) = cli(
-        live.dir.path(),
-        &[
-            "check",
-            "--server",
-            &live.url,
-            "--root",
-            "keys/root.pub.pem",
-            "--product",
-            HP,
-            "--version",
-            "2.0.0",
-            "--state",
-            "s.json",
-        ],
-        true,
-    );
+    live.check_cli(&["--state", "s.json"]);
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(live.dir.path().join("s.json")).unwrap()).unwrap();
     assert_eq!(saved["last_day"][HP], day);
@@ -335,23 +317,6 @@ fn outcome_reports_are_accepted() {
         code: "E42".into(),
     };
     t.report(&Report::new(&update, failed)).unwrap();
-    let (_, err) = cli(
-        live.dir.path(),
-        &[
-            "check",
-            "--server",
-            &live.url,
-            "--root",
-            "keys/root.pub.pem",
-            "--product",
-            HP,
-            "--version",
-            "2.0.0",
-            "--download",
-            "dl",
-            "--report",
-        ],
-        true,
-    );
+    let (_, err) = live.check_cli(&["--download", "dl", "--report"]);
     assert!(!err.contains("not accepted"), "{err}");
 }
