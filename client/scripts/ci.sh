@@ -10,11 +10,15 @@ export PYTHONDONTWRITEBYTECODE=1
 python3 -c 'import pytest, requests, cryptography' 2>/dev/null \
   || python3 -m pip install -q pytest requests cryptography
 
+# The workspace's test build (what `cargo nextest run --workspace` built
+# already, same features), plus the firmcast binary, the cdylib and the
+# generator: nothing is compiled twice with other features.
+cargo build --locked -q --workspace --all-targets
+
 echo "== client: bindings are current"
-client/scripts/generate-bindings.sh --check
+client/scripts/generate-bindings.sh --check --no-build
 
 echo "== client: Python bindings against a live server"
-cargo build --locked -q -p firmcast -p firmcast-client-ffi
 target=$(cargo metadata --locked --format-version 1 --no-deps \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 FIRMCAST_BIN="$target/debug/firmcast" \

@@ -3,19 +3,25 @@
 # client/bindings/ from the built library (UniFFI library mode), with the
 # workspace's own uniffi-bindgen so library and bindings always match.
 #
-# usage: client/scripts/generate-bindings.sh [--check]
-#   --check  generate into a temp dir and fail if client/bindings differs
+# usage: client/scripts/generate-bindings.sh [--check] [--no-build]
+#   --check     generate into a temp dir and fail if client/bindings differs
+#   --no-build  use the debug library and generator already built
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 check=0
-case "${1:-}" in
-  --check) check=1 ;;
-  "") ;;
-  *) echo "usage: $0 [--check]" >&2; exit 2 ;;
-esac
+build=1
+for arg in "$@"; do
+  case "$arg" in
+    --check) check=1 ;;
+    --no-build) build=0 ;;
+    *) echo "usage: $0 [--check] [--no-build]" >&2; exit 2 ;;
+  esac
+done
 
-cargo build --locked -q -p firmcast-client-ffi -p uniffi-bindgen
+if [ "$build" = 1 ]; then
+  cargo build --locked -q -p firmcast-client-ffi -p uniffi-bindgen
+fi
 target=$(cargo metadata --locked --format-version 1 --no-deps \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 case "$(uname -s)" in
