@@ -1,4 +1,4 @@
-//! Blocking HTTP helpers shared by the client commands: URL building under a
+//! Blocking HTTP helpers shared by the admin and release commands: URL building under a
 //! server base, the admin bearer token, timeouts, bounded JSON bodies, and
 //! the one-line error a refusal `{"error", "message"}` turns into.
 
@@ -9,6 +9,9 @@ use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 use std::io::Read;
 use std::time::Duration;
+
+/// Server text printed to a terminal: one line, no control characters, bounded.
+pub(crate) use firmcast_client::http::one_line;
 
 /// Connecting should be quick; a server that takes longer is down or unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,23 +86,6 @@ impl Api {
             .pop_if_empty()
             .extend(segments);
         url
-    }
-
-    /// An artifact URL from an offer: absolute, or a path under the server base.
-    pub fn resolve(&self, url: &str) -> Result<Url> {
-        let resolved = if url.starts_with('/') {
-            let base = self.base.as_str().trim_end_matches('/');
-            Url::parse(&format!("{base}{url}"))
-        } else {
-            Url::parse(url)
-        };
-        match resolved {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(u),
-            _ => bail!(
-                "the server offered an unusable download URL {:?}",
-                one_line(url, 200)
-            ),
-        }
     }
 
     pub fn request(&self, method: reqwest::Method, url: Url) -> RequestBuilder {
@@ -221,31 +207,6 @@ pub(crate) fn read_limited(resp: Response, limit: u64) -> Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Server text printed to a terminal: one line, no control characters, bounded.
-pub(crate) fn one_line(s: &str, max: usize) -> String {
-    let mut out: String = s
-        .trim()
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(max)
-        .collect();
-    if s.trim().chars().count() > max {
-        out.push_str("...");
-    }
-    out
-}
-
-/// `bytes START-END/TOTAL` → (START, TOTAL unless `*`).
-pub(crate) fn content_range(v: &str) -> Option<(u64, Option<u64>)> {
-    let (range, total) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
-    let (start, _) = range.split_once('-')?;
-    let total = match total {
-        "*" => None,
-        t => Some(t.parse().ok()?),
-    };
-    Some((start.parse().ok()?, total))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,16 +231,6 @@ mod tests {
             a.url(&["v1", "keys"]).as_str(),
             "https://h/firmcast/v1/keys"
         );
-        assert_eq!(
-            a.resolve("/v1/artifacts/P/1.0.0").unwrap().as_str(),
-            "https://h/firmcast/v1/artifacts/P/1.0.0"
-        );
-        assert_eq!(
-            a.resolve("https://cdn.example/x?sig=1").unwrap().as_str(),
-            "https://cdn.example/x?sig=1"
-        );
-        assert!(a.resolve("file:///etc/passwd").is_err());
-        assert!(a.resolve("v1/relative").is_err());
     }
 
     #[test]
@@ -298,19 +249,5 @@ mod tests {
         };
         let err = Api::admin(&args).err().unwrap();
         assert!(err.to_string().contains("FIRMCAST_TOKEN"), "{err}");
-    }
-
-    #[test]
-    fn server_text_is_one_bounded_line() {
-        assert_eq!(one_line(" a\nb\x1b[31m ", 100), "a b [31m");
-        assert_eq!(one_line("abcdef", 3), "abc...");
-    }
-
-    #[test]
-    fn content_ranges() {
-        assert_eq!(content_range("bytes 10-99/100"), Some((10, Some(100))));
-        assert_eq!(content_range("bytes 0-0/*"), Some((0, None)));
-        assert_eq!(content_range("bytes */100"), None);
-        assert_eq!(content_range("items 1-2/3"), None);
     }
 }

@@ -5,7 +5,6 @@ mod admin;
 mod admin_releases;
 mod check;
 mod client;
-mod keychain;
 mod keys;
 mod notify;
 mod release;
