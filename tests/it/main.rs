@@ -9,6 +9,7 @@ mod api_artifacts;
 mod api_updates;
 mod blob_conformance;
 mod cli_release;
+mod cli_rollout;
 mod cli_signing;
 mod disk_full;
 mod edge;
