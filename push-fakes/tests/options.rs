@@ -1,23 +1,28 @@
 //! The fakes' options for firmcast's harder tests, checked over the wire:
-//! FCM's send quota.
+//! FCM's send quota, slow providers.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
-use firmcast_push_fakes::{FcmFake, FcmOptions};
+use firmcast_push_fakes::{ApnsFake, ApnsOptions, FcmFake, FcmOptions};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{HeaderMap, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use ring::rand::SystemRandom;
-use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+use ring::signature::{
+    EcdsaKeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
+};
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 // --- over the wire ------------------------------------------------------
 
@@ -245,4 +250,142 @@ async fn fcm_without_a_quota_counts_nothing_and_refuses_nothing() {
     }
     assert_eq!(fake.quota_rejections(), 0);
     assert_eq!(fake.max_accepted_in_one_second(), 0);
+}
+
+// --- FCM answer delay ---------------------------------------------------
+
+#[tokio::test]
+async fn fcm_answer_delay_holds_every_send() {
+    let delay = Duration::from_millis(300);
+    let (fake, bearer) = fcm_with(FcmOptions {
+        answer_delay: delay,
+        ..FcmOptions::default()
+    })
+    .await;
+
+    let mut conn = fcm_conn(fake.addr()).await;
+    let started = Instant::now();
+    let pending = tokio::spawn(call(
+        conn.send_request(fcm_request(&fake, &bearer, "slow-1")),
+    ));
+    // Counted on arrival, delivered only after the delay.
+    tokio::time::sleep(delay / 3).await;
+    assert_eq!(fake.send_requests(), 1);
+    assert_eq!(fake.delivery_count(), 0);
+    assert_eq!(pending.await.unwrap().0, StatusCode::OK);
+    assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+    assert_eq!(fake.delivered_to("slow-1"), 1);
+
+    // Concurrent sends wait side by side, not one after another.
+    let started = Instant::now();
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..5 {
+        let mut conn = fcm_conn(fake.addr()).await;
+        let req = fcm_request(&fake, &bearer, &format!("slow-batch-{i}"));
+        sends.spawn(async move { call(conn.send_request(req)).await.0 });
+    }
+    while let Some(status) = sends.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    let took = started.elapsed();
+    assert!(took >= delay && took < delay * 4, "{took:?}");
+    assert_eq!(fake.delivery_count(), 6);
+}
+
+// --- APNs ---------------------------------------------------------------
+
+async fn apns_tls(fake: &ApnsFake, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(pem_der(fake.ca_pem())))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(fake.addr()).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("the TLS handshake completes")
+}
+
+async fn apns_conn(fake: &ApnsFake) -> http2::SendRequest<Full<Bytes>> {
+    let tls = apns_tls(fake, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// A provider token signed with the fake's team key.
+fn apns_jwt(fake: &ApnsFake) -> String {
+    let rng = SystemRandom::new();
+    let p8 = pem_der(&fake.key().p8_pem());
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &p8, &rng).unwrap();
+    jws(
+        &json!({"alg": "ES256", "kid": fake.key_id()}),
+        &json!({"iss": fake.team_id(), "iat": unix_now()}),
+        |input| key.sign(&rng, input).unwrap().as_ref().to_vec(),
+    )
+}
+
+fn apns_request(fake: &ApnsFake, jwt: &str, token: &str) -> Request<Full<Bytes>> {
+    Request::post(format!("{}/3/device/{token}", fake.base_url()))
+        .header(AUTHORIZATION, format!("bearer {jwt}"))
+        .header("apns-topic", fake.topic())
+        .header("apns-push-type", "alert")
+        .body(Full::new(Bytes::from_static(
+            br#"{"aps":{"alert":"Buds 2.0.0"}}"#,
+        )))
+        .unwrap()
+}
+
+fn device_token(i: u8) -> String {
+    format!("{i:02x}").repeat(32)
+}
+
+// --- APNs answer delay --------------------------------------------------
+
+#[tokio::test]
+async fn apns_answer_delay_holds_every_send() {
+    let delay = Duration::from_millis(300);
+    let options = ApnsOptions {
+        answer_delay: delay,
+        ..ApnsOptions::default()
+    };
+    let fake = ApnsFake::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), options)
+        .await
+        .unwrap();
+    let jwt = apns_jwt(&fake);
+    let mut conn = apns_conn(&fake).await;
+
+    let started = Instant::now();
+    let req = apns_request(&fake, &jwt, &device_token(1));
+    let (status, _, body) = call(conn.send_request(req)).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+
+    // A batch on one connection: every stream waits, side by side.
+    let started = Instant::now();
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 2..12 {
+        let mut conn = conn.clone();
+        let req = apns_request(&fake, &jwt, &device_token(i));
+        sends.spawn(async move { call(conn.send_request(req)).await.0 });
+    }
+    tokio::time::sleep(delay / 3).await;
+    assert_eq!(fake.total_requests(), 11, "counted on arrival");
+    assert_eq!(fake.delivery_count(), 1, "delivered after the delay");
+    while let Some(status) = sends.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    let took = started.elapsed();
+    assert!(took >= delay && took < delay * 4, "{took:?}");
+    assert_eq!(fake.delivery_count(), 11);
 }

@@ -73,6 +73,10 @@ pub struct ApnsOptions {
     pub topic: String,
     /// Largest accepted payload (Apple: 4096 bytes for alerts).
     pub max_payload: usize,
+    /// Hold every request to `/3/device/{token}` this long before looking
+    /// at it (on top of any scripted [`ApnsFault::Delay`]): a slow provider,
+    /// so a batch of sends takes long. Zero: answer at once.
+    pub answer_delay: Duration,
 }
 
 impl Default for ApnsOptions {
@@ -82,6 +86,7 @@ impl Default for ApnsOptions {
             key_id: "KEY0000001".to_owned(),
             topic: "com.example.firmcast".to_owned(),
             max_payload: 4096,
+            answer_delay: Duration::ZERO,
         }
     }
 }

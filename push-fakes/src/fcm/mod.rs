@@ -82,6 +82,9 @@ pub struct FcmOptions {
     /// `Retry-After: 1`, so pacing across instances meets a real limit.
     /// `None`: unlimited, and no quota bookkeeping at all.
     pub max_per_second: Option<u32>,
+    /// Hold every `messages:send` this long before handling it: a slow
+    /// provider, so a batch of sends takes long. Zero: answer at once.
+    pub answer_delay: Duration,
 }
 
 impl Default for FcmOptions {
@@ -91,6 +94,7 @@ impl Default for FcmOptions {
             client_email: "firmcast-push@firmcast-test.iam.gserviceaccount.com".to_owned(),
             access_token_ttl: Duration::from_secs(3600),
             max_per_second: None,
+            answer_delay: Duration::ZERO,
         }
     }
 }
@@ -425,7 +429,21 @@ fn handle(shared: &Arc<Shared>, req: Req) -> Reply {
                     vec![],
                 ));
             }
-            return send(shared, req);
+            let delay = shared.options.answer_delay;
+            if delay.is_zero() {
+                return send(shared, req, false);
+            }
+            // A slow provider: counted on arrival (so a test sees what is in
+            // flight), handled after the delay, like a scripted delay.
+            shared.state().send_requests += 1;
+            let shared = shared.clone();
+            return Reply::Later(Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                match send(&shared, req, true) {
+                    Reply::Now(resp) => resp,
+                    Reply::Later(fut) => fut.await,
+                }
+            }));
         }
     }
     Reply::Now(google_error(
@@ -443,7 +461,10 @@ fn project_of(path: &str) -> &str {
         .unwrap_or_default()
 }
 
-fn send(shared: &Arc<Shared>, req: Req) -> Reply {
+/// One `messages:send`; `counted` when `send_requests` already counted it
+/// (on arrival, before a delay); else it is counted here, under the lock
+/// authentication takes anyway.
+fn send(shared: &Arc<Shared>, req: Req, counted: bool) -> Reply {
     let bearer = req
         .header(AUTHORIZATION)
         .and_then(|a| {
@@ -454,7 +475,9 @@ fn send(shared: &Arc<Shared>, req: Req) -> Reply {
         .unwrap_or_default();
     let authenticated = {
         let mut state = shared.state();
-        state.send_requests += 1;
+        if !counted {
+            state.send_requests += 1;
+        }
         state.authenticated(bearer)
     };
     if !authenticated {
