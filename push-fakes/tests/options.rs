@@ -1,5 +1,5 @@
 //! The fakes' options for firmcast's harder tests, checked over the wire:
-//! FCM's send quota, slow providers.
+//! FCM's send quota, slow providers, and an APNs endpoint without HTTP/2.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -388,4 +388,56 @@ async fn apns_answer_delay_holds_every_send() {
     let took = started.elapsed();
     assert!(took >= delay && took < delay * 4, "{took:?}");
     assert_eq!(fake.delivery_count(), 11);
+}
+
+// --- APNs over HTTP/1.1 only --------------------------------------------
+
+#[tokio::test]
+async fn apns_http1_only_never_negotiates_h2() {
+    let options = ApnsOptions {
+        http1_only: true,
+        ..ApnsOptions::default()
+    };
+    let fake = ApnsFake::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), options)
+        .await
+        .unwrap();
+
+    // A client offering both gets HTTP/1.1, and HTTP/1.1 gets refused.
+    let tls = apns_tls(&fake, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut sender, conn) = http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("/3/device/{}", device_token(1)))
+        .header("host", "localhost")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let (status, _, body) = call(sender.send_request(req)).await;
+    assert_eq!(status, StatusCode::HTTP_VERSION_NOT_SUPPORTED);
+    assert!(String::from_utf8_lossy(&body).contains("HTTP/1.1 only"));
+
+    // An h2-only client finishes the handshake with no protocol agreed; if
+    // it tried HTTP/2 anyway, nothing answers it.
+    let tls = apns_tls(&fake, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    let attempt = async {
+        let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        sender
+            .send_request(apns_request(&fake, &apns_jwt(&fake), &device_token(2)))
+            .await
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .expect("refused, not hung");
+    assert!(outcome.is_err(), "{outcome:?}");
+    assert_eq!(fake.total_requests(), 0);
+    assert_eq!(fake.connections(), 2);
+}
+
+#[tokio::test]
+async fn apns_negotiates_h2_by_default() {
+    // The same client as above, against the usual fake: h2 is chosen.
+    let fake = ApnsFake::start().await.unwrap();
+    let tls = apns_tls(&fake, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
 }
