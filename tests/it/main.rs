@@ -20,6 +20,7 @@ mod limits;
 mod multi_instance;
 mod openapi;
 mod privacy;
+mod push_failures;
 mod push_fanout;
 mod push_multi;
 mod push_providers;
