@@ -151,6 +151,26 @@ build() { # build CARGO-ARGS...: skipped with --no-build
     (cd "$ROOT" && cargo build -q "${flag[@]}" "$@")
 }
 
+# build_before REV: `firmcast` as of git revision REV (a reference "before a
+# change"), built once into target/bench-before/REV from a temporary
+# worktree; sets BEFORE_BIN. Skipped (BEFORE_BIN empty) with --smoke.
+build_before() {
+    local rev="$1" sha dir
+    BEFORE_BIN=""
+    [ "$SMOKE" = 1 ] && return 0
+    sha="$(cd "$ROOT" && git rev-parse --short=12 "$rev^{commit}")" || die "no revision $rev"
+    dir="$ROOT/target/bench-before/$sha"
+    if [ ! -x "$dir/release/firmcast" ]; then
+        log "building firmcast as of $rev ($sha) for the before/after comparison (once)"
+        rm -rf "$WORK/before-src"
+        (cd "$ROOT" && git worktree add --detach -q "$WORK/before-src" "$sha")
+        (cd "$WORK/before-src" && CARGO_TARGET_DIR="$dir" cargo build -q --release --bin firmcast)
+        (cd "$ROOT" && git worktree remove --force "$WORK/before-src")
+    fi
+    BEFORE_BIN="$dir/release/firmcast"
+    log "before binary ($rev): $(binary_id "$BEFORE_BIN")"
+}
+
 # --- processes -----------------------------------------------------------------
 # start NAME CMD...: runs CMD in the background, output in $WORK/NAME.log; sets PID.
 start() {

@@ -9,9 +9,10 @@
 //! [`Caps::codes`] distinct failure codes a release's further ones do too.
 
 use crate::stats::{AdoptionCount, Flush, Outcome, ReportCount, Stage};
+use hashbrown::HashTable;
 use siphasher::sip::SipHasher13;
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -51,12 +52,25 @@ struct ReportKey {
 
 #[derive(Default)]
 struct Shard {
-    adoption: HashMap<AdoptionKey, [u64; 2]>,
+    /// Looked up by a hash of borrowed parts, so a check that finds its
+    /// key (nearly all) allocates nothing.
+    adoption: HashTable<(AdoptionKey, [u64; 2])>,
     reports: HashMap<ReportKey, u64>,
+}
+
+impl AdoptionKey {
+    fn is(&self, day: u32, product: &str, channel: &str, version: &str) -> bool {
+        self.day == day
+            && *self.product == *product
+            && *self.channel == *channel
+            && *self.version == *version
+    }
 }
 
 pub struct Counts {
     shards: Box<[Mutex<Shard>]>,
+    /// Seeded per process: keys come from clients.
+    hasher: foldhash::fast::RandomState,
     /// (day, product, kind) -> the distinct values counted so far.
     seen: Mutex<HashMap<CapKey, HashSet<Box<str>>>>,
     caps: Caps,
@@ -78,6 +92,7 @@ impl Counts {
     pub fn new(caps: Caps) -> Self {
         Counts {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: Default::default(),
             seen: Mutex::default(),
             caps,
         }
@@ -113,25 +128,55 @@ impl Counts {
     }
 
     /// One check of `product` on `channel` from `version` on `day`: active,
-    /// and new when the app sent no `last_day`.
+    /// and new when the app sent no `last_day`. The version is capped only
+    /// the first time it is counted since the last take.
     pub fn check(&self, day: u32, product: &str, channel: &str, version: &str, new: bool) {
-        let version = self.capped(
-            day,
-            product,
-            channel_kind(channel),
-            version,
-            self.caps.versions,
-        );
+        let add = |n: &mut [u64; 2]| {
+            n[0] += 1;
+            n[1] += u64::from(new);
+        };
+        let hash = self.adoption_hash(day, product, channel, version);
+        {
+            let mut shard = self.shard_of(hash);
+            let found = shard
+                .adoption
+                .find_mut(hash, |(k, _)| k.is(day, product, channel, version));
+            if let Some((_, n)) = found {
+                return add(n);
+            }
+        }
+        let kind = channel_kind(channel);
+        let version = self.capped(day, product, kind, version, self.caps.versions);
+        let hash = self.adoption_hash(day, product, channel, version);
+        let mut shard = self.shard_of(hash);
+        let found = shard
+            .adoption
+            .find_mut(hash, |(k, _)| k.is(day, product, channel, version));
+        if let Some((_, n)) = found {
+            return add(n);
+        }
         let key = AdoptionKey {
             day,
             product: product.into(),
             channel: channel.into(),
             version: version.into(),
         };
-        let mut shard = self.shard(&key);
-        let n = shard.adoption.entry(key).or_default();
-        n[0] += 1;
-        n[1] += u64::from(new);
+        let mut n = [0; 2];
+        add(&mut n);
+        let rehash = |(k, _): &(AdoptionKey, [u64; 2])| {
+            self.adoption_hash(k.day, &k.product, &k.channel, &k.version)
+        };
+        shard.adoption.insert_unique(hash, (key, n), rehash);
+    }
+
+    fn adoption_hash(&self, day: u32, product: &str, channel: &str, version: &str) -> u64 {
+        self.hasher.hash_one((day, product, channel, version))
+    }
+
+    fn shard_of(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
+        // The table uses the low bits; the shard, the high ones.
+        let i = (hash >> 58) as usize % self.shards.len();
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn report(&self, day: u32, r: &Report<'_>) {
@@ -188,36 +233,6 @@ impl Counts {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.retain(|(day, _, _), _| *day >= today);
         flush
-    }
-
-    /// Puts a flush's counts back (its store was unavailable): they go out
-    /// with the next flush.
-    pub fn put_back(&self, flush: Flush) {
-        for a in flush.adoption {
-            let key = AdoptionKey {
-                day: a.day,
-                product: a.product.into(),
-                channel: a.channel.into(),
-                version: a.version.into(),
-            };
-            let mut shard = self.shard(&key);
-            let n = shard.adoption.entry(key).or_default();
-            n[0] += a.active;
-            n[1] += a.new;
-        }
-        for r in flush.reports {
-            let key = ReportKey {
-                day: r.day,
-                product: r.product.into(),
-                to: r.to.into(),
-                from: r.from.into(),
-                outcome: r.outcome,
-                stage: r.stage,
-                code: r.code.map(Into::into),
-                window: r.window,
-            };
-            *self.shard(&key).reports.entry(key).or_default() += r.count;
-        }
     }
 }
 
@@ -380,17 +395,6 @@ mod tests {
         // A new day starts a new cap.
         c.check(11, "P", "stable", "1.0.9", false);
         assert_eq!(c.take("g".into(), 11).adoption[0].version, "1.0.9");
-    }
-
-    #[test]
-    fn put_back_adds_to_what_came_since() {
-        let c = Counts::new(caps());
-        c.check(10, "P", "stable", "1.0.0", true);
-        let flush = c.take("f".into(), 10);
-        c.check(10, "P", "stable", "1.0.0", false);
-        c.put_back(flush);
-        let again = c.take("g".into(), 10);
-        assert_eq!((again.adoption[0].active, again.adoption[0].new), (2, 1));
     }
 
     #[test]
