@@ -10,6 +10,7 @@ mod api_updates;
 mod blob_conformance;
 mod cli_release;
 mod cli_signing;
+mod console;
 mod disk_full;
 mod edge;
 mod fuzz_ranges;
