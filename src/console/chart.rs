@@ -117,15 +117,15 @@ pub fn draw(title: &str, dates: &[String], days: &[DayView]) -> Chart {
     );
     let _ = write!(svg, "<title>{}</title>", escape(title));
     for frac in [0u64, 1, 2] {
-        let v = max * frac / 2;
-        let gy = y(v);
+        let half = max as f64 * frac as f64 / 2.0;
+        let gy = TOP + plot_h * (1.0 - half / max as f64);
         let _ = write!(
             svg,
             "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{gy:.1}\" y2=\"{gy:.1}\"/><text class=\"axis\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
             W - RIGHT,
             LEFT - 6.0,
             gy + 4.0,
-            short(v)
+            if half.fract() == 0.0 { short(half as u64) } else { format!("{half}") }
         );
     }
     let mut lower = vec![0u64; n];

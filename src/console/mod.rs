@@ -188,7 +188,7 @@ pub async fn answer(
             views::release::page(&ctx, product, version, &parts.uri).await
         }
         (Method::GET, ["releases", product, version, "status"]) => {
-            views::release::status_partial(&ctx, product, version).await
+            views::release::status_partial(&ctx, product, version, &parts.uri).await
         }
         (Method::POST, ["releases", product, version, action]) => {
             if !ctx.can_act() {

@@ -349,8 +349,8 @@ async fn a_release_engineer_steers_a_rollout_in_the_browser() {
         .await
         .unwrap();
     assert_eq!(violations, json!("0"));
-    // Resuming is a person's decision; the gate then counts afresh.
-    b.refresh().await.unwrap();
+    // Resuming is a person's decision (the panel now offers it); the gate
+    // then counts afresh.
     press(&b, "Resume").await;
     wait_text(&b, "#state", "live", Duration::from_secs(5)).await;
     check_agrees(&app, "Buds", "1.0.0", Some("1.1.0")).await;
@@ -828,6 +828,33 @@ async fn stale_and_forged_cookies_are_refused() {
             .unwrap();
         assert_eq!(r.status(), 401, "{cookie}");
     }
+    // A poll of an unchanged status panel swaps nothing.
+    let panel = no_redirects()
+        .get(format!("{}/console/releases/Case/2.0.0/status", app.url))
+        .header("cookie", &s.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let seen = panel
+        .split("status?seen=")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let r = no_redirects()
+        .get(format!(
+            "{}/console/releases/Case/2.0.0/status?seen={seen}",
+            app.url
+        ))
+        .header("cookie", &s.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
     // htmx polls stop (286) instead of swapping the sign-in page in.
     let r = no_redirects()
         .get(format!("{}/console/releases/Case/2.0.0/status", app.url))

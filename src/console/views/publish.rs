@@ -40,9 +40,9 @@ pub fn page(ctx: &Ctx<'_>) -> Response {
     )
 }
 
-/// A publisher, and the session's token in `X-CSRF-Token`; the JSON
-/// refusal otherwise.
-fn may_act(ctx: &Ctx<'_>, headers: &HeaderMap) -> Result<(), Response> {
+/// A publisher, and the session's token in `X-CSRF-Token`; why not
+/// otherwise.
+fn may_act(ctx: &Ctx<'_>, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = headers.get(csrf::HEADER).and_then(|v| v.to_str().ok());
     let e = if !csrf::matches(&ctx.session.csrf, token) {
         ApiError::new(
@@ -62,7 +62,7 @@ fn may_act(ctx: &Ctx<'_>, headers: &HeaderMap) -> Result<(), Response> {
     } else {
         return Ok(());
     };
-    Err(error_json(&e))
+    Err(e)
 }
 
 fn error_json(e: &ApiError) -> Response {
@@ -82,8 +82,8 @@ pub async fn upload(
     parts: &Parts,
     body: &mut RequestBody,
 ) -> Response {
-    if let Err(refused) = may_act(ctx, &parts.headers) {
-        return refused;
+    if let Err(e) = may_act(ctx, &parts.headers) {
+        return error_json(&e);
     }
     match crate::api::admin::upload(ctx.api, &ctx.actor(), product, version, parts, body).await {
         Ok(mut resp) => {
@@ -96,8 +96,8 @@ pub async fn upload(
 
 /// `POST /console/publish`: the admin publish, and its verdict in words.
 pub async fn publish(ctx: &Ctx<'_>, parts: &Parts, body: &mut RequestBody) -> Response {
-    if let Err(refused) = may_act(ctx, &parts.headers) {
-        return refused;
+    if let Err(e) = may_act(ctx, &parts.headers) {
+        return error_json(&e);
     }
     let body =
         match crate::api::read_json_body(&parts.headers, body, crate::api::MAX_JSON_BODY).await {

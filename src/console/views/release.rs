@@ -70,9 +70,18 @@ pub struct Gate {
     pub window: u32,
 }
 
-/// What the status panel shows; htmx polls it every few seconds.
+/// What the status panel shows, with "Pause"/"Resume" (so the button
+/// follows the state, also when the gate paused the release). htmx polls
+/// it every few seconds and swaps it only when it changed.
 pub struct Status {
     pub href: String,
+    /// A digest of the panel as drawn: the poll sends it back, and an
+    /// unchanged panel is answered 204 (no swap, no re-announcement).
+    pub seen: String,
+    pub can_act: bool,
+    pub csrf: String,
+    pub paused: bool,
+    pub yanked: bool,
     pub state: State,
     pub rollout: String,
     pub ramp: Option<RampDetail>,
@@ -139,7 +148,7 @@ fn load(
     Ok((r.stored.clone(), env))
 }
 
-fn status(s: &StoredRelease, st: &ReleaseStats) -> Status {
+fn status(ctx: &Ctx<'_>, s: &StoredRelease, st: &ReleaseStats) -> Status {
     let ramp = s.steering.ramp.as_ref().map(|r| RampDetail {
         progress: RampProgress::of(r, s.paused),
         steps: r
@@ -161,8 +170,13 @@ fn status(s: &StoredRelease, st: &ReleaseStats) -> Status {
     let rep = &st.reports;
     let total = rep.installed + rep.failed;
     let limit = h.max_failure_rate * 100.0;
-    Status {
+    let status = Status {
         href: release_href(&s.product, &s.version),
+        seen: String::new(),
+        can_act: ctx.can_act(),
+        csrf: ctx.session.csrf.clone(),
+        paused: s.paused,
+        yanked: s.yanked,
         state: format::state(s),
         rollout: format::pct(s.rollout_bp),
         ramp,
@@ -194,7 +208,17 @@ fn status(s: &StoredRelease, st: &ReleaseStats) -> Status {
                 .collect(),
             window: rep.window,
         },
-    }
+    };
+    seal(status)
+}
+
+/// Sets the panel's digest: of the panel drawn without one.
+fn seal(status: Status) -> Status {
+    let panel = StatusPartial { status };
+    let drawn = panel.render().unwrap_or_default();
+    let mut status = panel.status;
+    status.seen = firmcast_signing::digest::sha256_hex(drawn.as_bytes())[..16].to_owned();
+    status
 }
 
 fn manifest(ctx: &Ctx<'_>, s: &StoredRelease, env: &Envelope) -> Result<Manifest, ApiError> {
@@ -277,7 +301,7 @@ async fn page_with(
         can_act: ctx.can_act(),
         csrf: ctx.session.csrf.clone(),
         manifest: manifest(ctx, &s, &env)?,
-        status: status(&s, &st),
+        status: status(ctx, &s, &st),
         paused: s.paused,
         yanked: s.yanked,
         rollout_value: format!("{}", f64::from(s.rollout_bp) / 100.0),
@@ -311,15 +335,22 @@ async fn page_with(
     Ok(render(status, &page))
 }
 
-/// `GET /console/releases/{product}/{version}/status`: the panel htmx polls.
-pub async fn status_partial(ctx: &Ctx<'_>, product: &str, version: &str) -> Response {
+/// `GET /console/releases/{product}/{version}/status?seen=`: the panel
+/// htmx polls; 204 when it is still the one the page has.
+pub async fn status_partial(ctx: &Ctx<'_>, product: &str, version: &str, uri: &Uri) -> Response {
     let result = async {
         let (s, _) = load(ctx, product, version)?;
         let st = crate::api::stats::release_stats(ctx.api, s.clone()).await?;
-        Ok::<_, ApiError>(status(&s, &st))
+        Ok::<_, ApiError>(status(ctx, &s, &st))
     }
     .await;
+    let seen = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "seen")
+        .map(|(_, v)| v.into_owned());
     match result {
+        Ok(status) if seen.as_deref() == Some(status.seen.as_str()) => {
+            super::super::html(StatusCode::NO_CONTENT, String::new())
+        }
         Ok(status) => render(StatusCode::OK, &StatusPartial { status }),
         Err(e) => errors::page(Some(ctx.nav("products")), &e),
     }
