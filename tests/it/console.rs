@@ -237,6 +237,34 @@ async fn a_release_engineer_steers_a_rollout_in_the_browser() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
+    // Four weeks of adoption, as the server's flushes would have left it:
+    // 1.1.0 taking over from 1.0.0, a few stragglers on 0.9.0.
+    let today = firmcast::rollout::day::day_of(chrono::Utc::now());
+    let mut adoption = Vec::new();
+    for age in 0..28u32 {
+        let d = today - age;
+        let shift = u64::from(27 - age.min(27));
+        for (version, active) in [
+            ("0.9.0", 300 - 10 * shift),
+            ("1.0.0", 2_400 - 60 * shift),
+            ("1.1.0", if age < 20 { 120 * (20 - u64::from(age)) } else { 0 }),
+        ] {
+            adoption.push(firmcast::stats::AdoptionCount {
+                day: d,
+                product: "Buds".into(),
+                channel: "stable".into(),
+                version: version.into(),
+                active,
+                new: active / 10,
+            });
+        }
+    }
+    let flush = firmcast::stats::Flush {
+        id: "console-test".into(),
+        adoption,
+        reports: Vec::new(),
+    };
+    app.api.rollout.stats().add(&flush).await.unwrap();
     // A push subscriber for the dry run to count.
     let r = app
         .client
