@@ -247,7 +247,14 @@ async fn a_release_engineer_steers_a_rollout_in_the_browser() {
         for (version, active) in [
             ("0.9.0", 300 - 10 * shift),
             ("1.0.0", 2_400 - 60 * shift),
-            ("1.1.0", if age < 20 { 120 * (20 - u64::from(age)) } else { 0 }),
+            (
+                "1.1.0",
+                if age < 20 {
+                    120 * (20 - u64::from(age))
+                } else {
+                    0
+                },
+            ),
         ] {
             adoption.push(firmcast::stats::AdoptionCount {
                 day: d,

@@ -287,6 +287,8 @@ async fn page_with(
         .await?
         .iter()
         .filter(|j| j.product == s.product && j.version == s.version)
+        // The job shown above is not listed again (one element per job id).
+        .filter(|j| job.as_ref().is_none_or(|shown| shown.id != j.id))
         .take(5)
         .map(JobRow::of)
         .collect();
