@@ -117,8 +117,9 @@ fakes_start() { # sets FAKES_PID and FAKES_LOG; the [push.apns]/[push.fcm] block
         --apns-port "$APNS_PORT" --fcm-port "$FCM_PORT" --dir "$WORK/fakes" --stats-ms "$STATS_MS"
     FAKES_PID=$PID
     wait_for_line "$FAKES_PID" "$FAKES_LOG" '^service_account_file = ' 120 >/dev/null
+    # Unpaced (max_per_second = 0): this measures firmcast, not a quota.
     sed -n '/^\[push.apns\]/,/^service_account_file = /p' "$FAKES_LOG" \
-        | sed "s/^enabled = true\$/enabled = true\nconnections = $CONNS/" >"$WORK/fakes.toml"
+        | sed "s/^enabled = true\$/enabled = true\nconnections = $CONNS\nmax_per_second = 0/" >"$WORK/fakes.toml"
 }
 
 # --- seed: one release per product, then the subscriptions ----------------------

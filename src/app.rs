@@ -51,7 +51,11 @@ impl Application {
             .await
             .context("cannot open the stats store")?;
         let blobs = open_blobs(&settings)?;
-        let fanout = Arc::new(Fanout::from_settings(&settings, push.clone())?);
+        let fanout = Arc::new(Fanout::from_settings(
+            &settings,
+            push.clone(),
+            Some(&backend),
+        )?);
 
         let catalog = Arc::new(Catalog::new(signer, settings.server.public_url.clone()));
         let releases = Arc::new(Releases::new(state, catalog.clone(), blobs.clone()));

@@ -235,6 +235,9 @@ pub struct ApnsSettings {
     pub ca_file: PathBuf,
     /// HTTP/2 connections kept open to APNs (each carries many streams).
     pub connections: usize,
+    /// Sends per second to APNs, all instances together; 0: no limit
+    /// (Apple publishes none).
+    pub max_per_second: u32,
 }
 
 impl Default for ApnsSettings {
@@ -248,6 +251,7 @@ impl Default for ApnsSettings {
             topic: String::new(),
             ca_file: PathBuf::new(),
             connections: crate::push::DEFAULT_CONNECTIONS,
+            max_per_second: 0,
         }
     }
 }
@@ -265,6 +269,9 @@ pub struct FcmSettings {
     pub ca_file: PathBuf,
     /// HTTP/2 connections kept open to FCM (each carries many streams).
     pub connections: usize,
+    /// Sends per second to FCM, all instances together; 0: no limit. The
+    /// default is FCM's default project quota (600,000 a minute).
+    pub max_per_second: u32,
 }
 
 impl Default for FcmSettings {
@@ -275,6 +282,7 @@ impl Default for FcmSettings {
             service_account_file: PathBuf::from("secrets/fcm.json"),
             ca_file: PathBuf::new(),
             connections: crate::push::DEFAULT_CONNECTIONS,
+            max_per_second: 10_000,
         }
     }
 }

@@ -1,5 +1,7 @@
-//! The privacy promise in code: the only form of a client address that may
-//! leave memory (logs, metrics) is its /24 (IPv4) or /48 (IPv6) prefix.
+//! The privacy promise in code: app traffic (checks, downloads, reports,
+//! push) leaves no client address or prefix anywhere, logs included. The
+//! one exception is the admin surface: repeated failed sign-ins are logged
+//! with the /24 (IPv4) or /48 (IPv6) they come from, for the operator.
 
 use std::net::IpAddr;
 

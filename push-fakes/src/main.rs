@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! firmcast-push-fakes [--apns-port N] [--fcm-port N] [--dir DIR] [--stats-ms N]
+//!                     [--fcm-max-per-second N] [--answer-delay-ms N]
 //! ```
 //!
 //! Ports default to 0 (any free port). DIR (default `./push-fakes`) receives
@@ -13,6 +14,12 @@
 //! `stats t=<unix seconds> apns_requests=.. apns_delivered=.. fcm_requests=..
 //! fcm_delivered=.. fcm_token_requests=..`. The bench measures each
 //! provider's rate from these lines, i.e. by what the fake received.
+//!
+//! `--fcm-max-per-second N` gives the FCM project a send quota of N per
+//! wall-clock second (beyond it: 429 `QUOTA_EXCEEDED`, `Retry-After: 1`), to
+//! watch several instances pace themselves against one limit.
+//! `--answer-delay-ms N` makes both providers slow: every send is answered
+//! N ms late. Neither changes what is printed.
 //!
 //! Both fakes share one thread (a current-thread tokio runtime): the
 //! benchmarks pin them to one core, where a multi-thread runtime only adds
@@ -29,12 +36,15 @@ use firmcast_push_fakes::{ApnsFake, ApnsOptions, FcmFake, FcmOptions};
 
 const USAGE: &str =
     "usage: firmcast-push-fakes [--apns-port N] [--fcm-port N] [--dir DIR] [--stats-ms N]
+                           [--fcm-max-per-second N] [--answer-delay-ms N]
 
 Runs a fake APNs (HTTP/2 + TLS) and a fake FCM v1 (+ OAuth token endpoint)
 on 127.0.0.1, writes apns.p8, apns-ca.pem and fcm.json into DIR, prints the
 matching firmcast config, and serves until Ctrl-C. With --stats-ms N, prints
 a `stats t=... apns_delivered=... fcm_delivered=...` line whenever the counts
-changed, checked every N ms.
+changed, checked every N ms. With --fcm-max-per-second N, FCM accepts at
+most N sends per second and answers the rest 429 QUOTA_EXCEEDED. With
+--answer-delay-ms N, both fakes answer every send N ms late.
 
 example: firmcast-push-fakes --apns-port 8443 --fcm-port 8444 --dir /tmp/fakes";
 
@@ -44,6 +54,10 @@ struct Args {
     dir: PathBuf,
     /// 0: no stats lines.
     stats_ms: u64,
+    /// FCM's send quota per second; `None`: unlimited.
+    fcm_max_per_second: Option<u32>,
+    /// 0: answer at once.
+    answer_delay_ms: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -52,6 +66,8 @@ fn parse_args() -> Result<Args, String> {
         fcm_port: 0,
         dir: PathBuf::from("push-fakes"),
         stats_ms: 0,
+        fcm_max_per_second: None,
+        answer_delay_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -72,6 +88,18 @@ fn parse_args() -> Result<Args, String> {
                 args.stats_ms = value("--stats-ms")?
                     .parse()
                     .map_err(|_| "--stats-ms: not a number of milliseconds".to_owned())?
+            }
+            "--fcm-max-per-second" => {
+                args.fcm_max_per_second = Some(
+                    value("--fcm-max-per-second")?
+                        .parse()
+                        .map_err(|_| "--fcm-max-per-second: not a number of sends".to_owned())?,
+                )
+            }
+            "--answer-delay-ms" => {
+                args.answer_delay_ms = value("--answer-delay-ms")?
+                    .parse()
+                    .map_err(|_| "--answer-delay-ms: not a number of milliseconds".to_owned())?
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
@@ -113,14 +141,22 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> std::io::Result<()> {
     std::fs::create_dir_all(&args.dir)?;
+    let answer_delay = std::time::Duration::from_millis(args.answer_delay_ms);
     let apns = ApnsFake::start_with(
         SocketAddr::from(([127, 0, 0, 1], args.apns_port)),
-        ApnsOptions::default(),
+        ApnsOptions {
+            answer_delay,
+            ..ApnsOptions::default()
+        },
     )
     .await?;
     let fcm = FcmFake::start_with(
         SocketAddr::from(([127, 0, 0, 1], args.fcm_port)),
-        FcmOptions::default(),
+        FcmOptions {
+            max_per_second: args.fcm_max_per_second,
+            answer_delay,
+            ..FcmOptions::default()
+        },
     )
     .await?;
     let key = args.dir.join("apns.p8");

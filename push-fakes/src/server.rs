@@ -1,5 +1,6 @@
 //! A tiny hyper server: HTTP/2-only over TLS (APNs) or HTTP/1.1 + h2c in
-//! the clear (FCM), a handler over whole-body requests, stopped on drop.
+//! the clear (FCM), a handler over whole-body requests, stopped on drop;
+//! or a TLS endpoint that speaks HTTP/1.1 only (a misconfigured APNs).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -91,6 +92,17 @@ impl Drop for Server {
 pub(crate) enum Mode {
     /// TLS with ALPN `h2`, HTTP/2 only (APNs).
     Http2OverTls(TlsAcceptor),
+    /// TLS that never negotiates `h2`, HTTP/1.1 only, every request refused:
+    /// an endpoint behind a proxy without HTTP/2. Like an HTTP/1.1 server,
+    /// it selects `http/1.1` when offered and no protocol otherwise (rather
+    /// than failing the handshake), so an h2-only client gets as far as a
+    /// finished handshake before it must give up.
+    Http1OverTls {
+        /// ALPN `http/1.1`.
+        http1: Arc<rustls::ServerConfig>,
+        /// No ALPN.
+        plain: Arc<rustls::ServerConfig>,
+    },
     /// Plain TCP, HTTP/1.1 or prior-knowledge HTTP/2.
     Cleartext,
 }
@@ -163,6 +175,32 @@ async fn serve_connection(tcp: tokio::net::TcpStream, mode: Arc<Mode>, handler: 
                 .initial_stream_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
                 .serve_connection(TokioIo::new(tls), service)
+                .await;
+        }
+        Mode::Http1OverTls { http1, plain } => {
+            let acceptor = tokio_rustls::LazyConfigAcceptor::new(Default::default(), tcp);
+            let Ok(start) = acceptor.await else {
+                return;
+            };
+            let offers_http1 = start
+                .client_hello()
+                .alpn()
+                .is_some_and(|mut alpn| alpn.any(|p| p == b"http/1.1"));
+            let config = if offers_http1 { http1 } else { plain };
+            let Ok(tls) = start.into_stream(config.clone()).await else {
+                return;
+            };
+            let refuse = hyper::service::service_fn(|_req: hyper::Request<Incoming>| async {
+                let mut resp = Response::new(Full::new(Bytes::from_static(
+                    b"HTTP/2 is required; this endpoint speaks HTTP/1.1 only\n",
+                )));
+                *resp.status_mut() = StatusCode::HTTP_VERSION_NOT_SUPPORTED;
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                Ok::<_, Infallible>(resp)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), refuse)
                 .await;
         }
         Mode::Cleartext => {

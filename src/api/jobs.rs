@@ -9,8 +9,11 @@ use crate::releases::Actor;
 use hyper::http::request::Parts;
 use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-/// A job as the API shows it: `state` and `reason` side by side.
+/// A job as the API shows it: `state` and `reason` side by side, its pace
+/// (sends answered per second since it started, and the time left at that
+/// pace while it runs) and, per provider, why sends failed.
 #[derive(Serialize)]
 pub struct JobView<'a> {
     id: &'a str,
@@ -28,11 +31,45 @@ pub struct JobView<'a> {
     batches_done: u64,
     created_at: chrono::DateTime<chrono::Utc>,
     created_by: &'a str,
+    finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    per_second: f64,
+    eta_seconds: Option<u64>,
+    failures: BTreeMap<&'static str, ProviderFailures<'a>>,
+}
+
+#[derive(Serialize)]
+struct ProviderFailures<'a> {
+    by_reason: &'a BTreeMap<String, u64>,
+    last_error: Option<&'a str>,
 }
 
 impl<'a> JobView<'a> {
     pub fn of(job: &'a Job) -> Self {
+        Self::at(job, chrono::Utc::now())
+    }
+
+    fn at(job: &'a Job, now: chrono::DateTime<chrono::Utc>) -> Self {
         let c = &job.counters;
+        let answered = c.sent + c.failed + c.removed;
+        let until = job.finished_at.unwrap_or(now);
+        let secs = (until - job.created_at).num_milliseconds().max(1) as f64 / 1000.0;
+        let per_second = (answered as f64 / secs * 10.0).round() / 10.0;
+        let running = !job.state.is_final() && !job.dry_run;
+        let left = c.total.saturating_sub(answered);
+        let eta_seconds =
+            (running && per_second > 0.0).then(|| (left as f64 / per_second).ceil() as u64);
+        let failures = job
+            .failures
+            .by_code
+            .iter()
+            .map(|(p, codes)| {
+                let view = ProviderFailures {
+                    by_reason: codes,
+                    last_error: job.failures.last_error.get(p).map(String::as_str),
+                };
+                (p.as_str(), view)
+            })
+            .collect();
         JobView {
             id: &job.id,
             product: &job.product,
@@ -49,6 +86,10 @@ impl<'a> JobView<'a> {
             batches_done: job.batches_done,
             created_at: job.created_at,
             created_by: &job.created_by,
+            finished_at: job.finished_at,
+            per_second: if job.dry_run { 0.0 } else { per_second },
+            eta_seconds,
+            failures,
         }
     }
 }
@@ -159,4 +200,59 @@ pub async fn cancel(api: &Api, actor: &Actor, id: &str) -> Result<Response, ApiE
         .audit(actor, "job.cancel", id.to_owned(), serde_json::json!({}))
         .await?;
     Ok(json(StatusCode::OK, &JobView::of(&job)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::{JobCounters, JobState, ProviderKind};
+
+    fn job(state: JobState, answered: u64) -> Job {
+        let created_at = chrono::DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut failures = crate::fanout::Failures::default();
+        failures.count(
+            ProviderKind::Apns,
+            "tls_untrusted",
+            "TLS: unknown issuer",
+            5,
+        );
+        Job {
+            id: "j".into(),
+            product: "P".into(),
+            version: "1.0.0".into(),
+            dry_run: false,
+            state,
+            created_at,
+            created_by: "bot".into(),
+            counters: JobCounters {
+                total: 1000,
+                sent: answered - 5,
+                failed: 5,
+                ..JobCounters::default()
+            },
+            batches_total: 2,
+            batches_done: 1,
+            finished_at: None,
+            failures,
+            checked: vec![],
+        }
+    }
+
+    #[test]
+    fn a_running_job_shows_its_pace_eta_and_failures() {
+        let j = job(JobState::Running, 250);
+        let now = j.created_at + chrono::Duration::seconds(5);
+        let v = serde_json::to_value(JobView::at(&j, now)).unwrap();
+        assert_eq!(v["per_second"], 50.0);
+        assert_eq!(v["eta_seconds"], 15);
+        assert_eq!(v["failures"]["apns"]["by_reason"]["tls_untrusted"], 5);
+        assert_eq!(v["failures"]["apns"]["last_error"], "TLS: unknown issuer");
+        let mut done = job(JobState::Done, 1000);
+        done.finished_at = Some(done.created_at + chrono::Duration::seconds(4));
+        let v = serde_json::to_value(JobView::at(&done, now + chrono::Duration::hours(1))).unwrap();
+        assert_eq!(v["per_second"], 250.0, "measured until it finished");
+        assert!(v["eta_seconds"].is_null());
+    }
 }

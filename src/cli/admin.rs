@@ -23,9 +23,11 @@ pub enum AdminCommand {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum TokenRole {
+    /// Read releases, stats, jobs and the audit log; change nothing.
+    Viewer,
     /// Upload artifacts, publish releases, change rollouts.
     Publisher,
-    /// Everything a publisher may, plus notify, jobs and the audit log.
+    /// Everything a publisher may, plus notify and cancel jobs.
     Admin,
 }
 

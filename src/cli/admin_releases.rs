@@ -88,27 +88,57 @@ struct ReleaseView {
     published_at: String,
     #[serde(default)]
     published_by: String,
+    #[serde(default)]
+    paused_by: Option<String>,
+    #[serde(default)]
+    ramp: Option<RampView>,
+}
+
+#[derive(Deserialize, Debug)]
+struct RampView {
+    steps: Vec<f64>,
+    step: usize,
+    next_at: Option<String>,
+    done: bool,
 }
 
 impl ReleaseView {
-    fn state(&self) -> &'static str {
-        match (self.yanked, self.paused) {
-            (true, _) => "yanked",
-            (false, true) => "paused",
-            _ => "live",
+    /// "live", "paused", "paused by health" (or by a token name), "yanked".
+    fn state(&self) -> String {
+        match (self.yanked, self.paused, self.paused_by.as_deref()) {
+            (true, _, _) => "yanked".into(),
+            (false, true, Some(by)) => format!("paused by {by}"),
+            (false, true, _) => "paused".into(),
+            _ => "live".into(),
+        }
+    }
+
+    /// "step 2/4, next 20% at …" while a ramp runs.
+    fn ramp(&self) -> String {
+        let Some(r) = &self.ramp else {
+            return String::new();
+        };
+        let at = format!("step {}/{}", r.step + 1, r.steps.len());
+        match (&r.next_at, r.steps.get(r.step + 1)) {
+            (_, _) if r.done => format!("{at}, done"),
+            (Some(next), Some(p)) => format!("{at}, next {} at {next}", percent(*p)),
+            _ => format!("{at}, waiting"),
         }
     }
 
     fn summary(&self) -> String {
+        let ramp = self.ramp();
         format!(
-            "{} {} (seq {}, {}): rollout {}, {}{}",
+            "{} {} (seq {}, {}): rollout {}, {}{}{}{}",
             self.product,
             self.version,
             self.seq,
             self.channel,
             percent(self.rollout),
             self.state(),
-            if self.critical { ", critical" } else { "" }
+            if self.critical { ", critical" } else { "" },
+            if ramp.is_empty() { "" } else { ", ramp " },
+            ramp
         )
     }
 }
@@ -235,52 +265,39 @@ fn table(releases: &[ReleaseView]) -> String {
         "SEQ",
         "ROLLOUT",
         "STATE",
+        "RAMP",
         "SIZE",
         "PUBLISHED",
         "BY",
-    ];
-    let rows: Vec<[String; 9]> = releases
-        .iter()
-        .map(|r| {
-            let state = if r.critical {
-                format!("{},critical", r.state())
-            } else {
-                r.state().to_owned()
-            };
-            [
-                r.product.clone(),
-                r.version.clone(),
-                r.channel.clone(),
-                r.seq.to_string(),
-                percent(r.rollout),
-                state,
-                r.size.to_string(),
-                r.published_at.clone(),
-                r.published_by.clone(),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header = header.map(str::to_owned);
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    ]
+    .map(str::to_owned);
+    let rows = releases.iter().map(|r| {
+        let state = if r.critical {
+            format!("{},critical", r.state())
+        } else {
+            r.state()
+        };
+        [
+            r.product.clone(),
+            r.version.clone(),
+            r.channel.clone(),
+            r.seq.to_string(),
+            percent(r.rollout),
+            state,
+            r.ramp(),
+            r.size.to_string(),
+            r.published_at.clone(),
+            r.published_by.clone(),
+        ]
+    });
+    super::columns(&std::iter::once(header).chain(rows).collect::<Vec<_>>())
 }
 
-fn patch(target: (&str, &str), admin: &AdminArgs, body: serde_json::Value) -> Result<ExitCode> {
+pub(super) fn patch_release(
+    target: (&str, &str),
+    admin: &AdminArgs,
+    body: serde_json::Value,
+) -> Result<ExitCode> {
     let (product, version) = target;
     let api = Api::admin(admin)?;
     let url = api.url(&["v1", "admin", "releases", product, version]);
@@ -291,7 +308,7 @@ fn patch(target: (&str, &str), admin: &AdminArgs, body: serde_json::Value) -> Re
 }
 
 pub fn rollout(a: RolloutArgs) -> Result<ExitCode> {
-    patch(
+    patch_release(
         (&a.product, &a.version),
         &a.admin,
         json!({"rollout": a.percent}),
@@ -299,15 +316,15 @@ pub fn rollout(a: RolloutArgs) -> Result<ExitCode> {
 }
 
 pub fn pause(a: TargetArgs) -> Result<ExitCode> {
-    patch((&a.product, &a.version), &a.admin, json!({"paused": true}))
+    patch_release((&a.product, &a.version), &a.admin, json!({"paused": true}))
 }
 
 pub fn resume(a: TargetArgs) -> Result<ExitCode> {
-    patch((&a.product, &a.version), &a.admin, json!({"paused": false}))
+    patch_release((&a.product, &a.version), &a.admin, json!({"paused": false}))
 }
 
 pub fn yank(a: TargetArgs) -> Result<ExitCode> {
-    patch((&a.product, &a.version), &a.admin, json!({"yanked": true}))
+    patch_release((&a.product, &a.version), &a.admin, json!({"yanked": true}))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod client;
 mod keys;
 mod notify;
 mod release;
+mod rollout;
 mod serve;
 mod state;
 mod verify;
@@ -113,4 +114,25 @@ pub(crate) fn hash_file(path: &std::path::Path) -> anyhow::Result<(String, u64)>
         .with_context(|| format!("cannot read firmware file {}", path.display()))?;
     bar.finish_and_clear();
     Ok(out)
+}
+
+/// Rows as left-aligned columns two spaces apart, the first row a header.
+pub(crate) fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }

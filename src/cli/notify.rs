@@ -7,6 +7,7 @@ use clap::Args;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -54,12 +55,25 @@ struct JobView {
     failed: u64,
     removed: u64,
     retried: u64,
+    #[serde(default)]
+    per_second: f64,
+    #[serde(default)]
+    eta_seconds: Option<u64>,
+    #[serde(default)]
+    failures: BTreeMap<String, ProviderFailures>,
+}
+
+#[derive(Deserialize)]
+struct ProviderFailures {
+    by_reason: BTreeMap<String, u64>,
+    last_error: Option<String>,
 }
 
 impl JobView {
+    /// The job on one line, then one line per provider that failed sends.
     fn summary(&self) -> String {
-        format!(
-            "job {}: {}{} — total {}, sent {}, failed {}, removed {}, retried {}",
+        let mut out = format!(
+            "job {}: {}{} — total {}, sent {}, failed {}, removed {}, retried {}; {}/s",
             self.id,
             self.state,
             self.reason
@@ -70,8 +84,25 @@ impl JobView {
             self.sent,
             self.failed,
             self.removed,
-            self.retried
-        )
+            self.retried,
+            self.per_second,
+        );
+        if let Some(eta) = self.eta_seconds {
+            out.push_str(&format!(
+                ", about {} left",
+                humantime::format_duration(Duration::from_secs(eta))
+            ));
+        }
+        for (provider, f) in &self.failures {
+            let mut reasons: Vec<_> = f.by_reason.iter().collect();
+            reasons.sort_by(|a, b| b.1.cmp(a.1));
+            let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            out.push_str(&format!("\n  {provider} failures: {}", reasons.join(", ")));
+            if let Some(last) = &f.last_error {
+                out.push_str(&format!("\n  {provider} last error: {last}"));
+            }
+        }
+        out
     }
 
     fn done(&self) -> u64 {
@@ -109,16 +140,23 @@ pub fn notify(a: NotifyArgs) -> Result<ExitCode> {
     }
     let bar = indicatif::ProgressBar::new(started.total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "notifying [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
-        )
-        .expect("the template is valid")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("notifying [{bar:30}] {pos}/{len} {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
     );
     loop {
         let job = fetch(&api, &started.job)?;
         bar.set_position(job.done());
-        bar.set_message(format!("failed {} removed {}", job.failed, job.removed));
+        let eta = job.eta_seconds.map_or(String::new(), |s| {
+            format!(
+                ", eta {}",
+                humantime::format_duration(Duration::from_secs(s))
+            )
+        });
+        bar.set_message(format!(
+            "{}/s{eta}, failed {} removed {}",
+            job.per_second, job.failed, job.removed
+        ));
         if job.state != "running" && job.state != "planning" {
             bar.finish_and_clear();
             println!("{}", job.summary());

@@ -1,5 +1,6 @@
 //! `firmcast release sign`: offline signing of a release manifest; the other
-//! `release` subcommands talk to the server (see `admin_releases`).
+//! `release` subcommands talk to the server (see `admin_releases` and
+//! `rollout`).
 
 use super::admin_releases;
 use anyhow::{bail, Context, Result};
@@ -50,6 +51,22 @@ pub enum ReleaseCommand {
     ///
     /// Example: firmcast release notify WH-1000XM5 2.2.0 --wait --server https://updates.example.com
     Notify(super::notify::NotifyArgs),
+    /// Adoption per version and each release's install reports against its gate.
+    ///
+    /// Example: firmcast release stats WH-1000XM5 --days 14 --server https://updates.example.com
+    Stats(super::rollout::StatsArgs),
+    /// Raise a release's rollout in steps, one step each interval.
+    ///
+    /// Example: firmcast release ramp WH-1000XM5 2.2.0 --steps 1,5,20,100 --every 24h
+    ///   --server https://updates.example.com
+    ///
+    /// Apple-style phased release: firmcast release ramp WH-1000XM5 2.2.0 --steps phased
+    Ramp(super::rollout::RampArgs),
+    /// Set the install-failure gate that pauses a release by itself.
+    ///
+    /// Example: firmcast release health WH-1000XM5 2.2.0 --min-reports 200
+    ///   --max-failure-rate 0.02 --server https://updates.example.com
+    Health(super::rollout::HealthArgs),
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +113,9 @@ pub fn run(cmd: ReleaseCommand) -> Result<ExitCode> {
         ReleaseCommand::Resume(args) => admin_releases::resume(args),
         ReleaseCommand::Yank(args) => admin_releases::yank(args),
         ReleaseCommand::Notify(args) => super::notify::notify(args),
+        ReleaseCommand::Stats(args) => super::rollout::stats(args),
+        ReleaseCommand::Ramp(args) => super::rollout::ramp(args),
+        ReleaseCommand::Health(args) => super::rollout::health(args),
     }
 }
 

@@ -124,7 +124,6 @@ pub async fn serve(
                         continue;
                     }
                     tracing::debug!(
-                        client = %crate::privacy::IpPrefix(peer.ip()),
                         secs = header.as_secs(),
                         "no request head in time; closing the connection"
                     );

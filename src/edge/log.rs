@@ -1,11 +1,10 @@
 //! The request log and per-route counters: one line per answer at debug
-//! level (warn for a 5xx), the client as its /24 or /48 prefix only, and a
-//! count per route and status class for `/metrics`.
+//! level (warn for a 5xx), without the client (not even its prefix: the
+//! privacy promise), and a count per route and status class for `/metrics`.
 
 use super::route::Route;
 use hyper::{Method, StatusCode};
 use std::fmt::Write;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
@@ -29,7 +28,6 @@ impl RequestLog {
         method: &Method,
         path: &str,
         status: StatusCode,
-        client: IpAddr,
         started: Option<Instant>,
     ) {
         let slot = route.unwrap_or(SLOTS - 1).min(SLOTS - 1);
@@ -38,7 +36,6 @@ impl RequestLog {
         if !status.is_server_error() && !tracing::enabled!(tracing::Level::DEBUG) {
             return;
         }
-        let client = crate::privacy::IpPrefix(client);
         let micros = started.map(|t| t.elapsed().as_micros() as u64);
         let path = if path.len() > 200 {
             &path[..path.floor_char_boundary(200)]
@@ -47,9 +44,9 @@ impl RequestLog {
         };
         let route = Route::NAMES.get(slot).copied().unwrap_or("none");
         if status.is_server_error() {
-            tracing::warn!(%method, path, route, status = status.as_u16(), %client, micros, "request");
+            tracing::warn!(%method, path, route, status = status.as_u16(), micros, "request");
         } else {
-            tracing::debug!(%method, path, route, status = status.as_u16(), %client, micros, "request");
+            tracing::debug!(%method, path, route, status = status.as_u16(), micros, "request");
         }
     }
 

@@ -33,7 +33,7 @@ use ipnet::IpNet;
 use route::{Class, NoRoute, Route};
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,21 +105,14 @@ impl Edge {
         track.started();
         // Timed only for the debug log: reading the clock is not free.
         let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
-        let client = client::resolve(peer.ip(), req.headers(), &self.settings.trusted_proxies);
         let route = match Route::parse(req.method(), req.uri().path()) {
             Ok(route) => route,
-            Err(none) => return self.now(track, &req, None, client, started, no_route(none)),
+            Err(none) => return self.now(track, &req, None, started, no_route(none)),
         };
         if let Err(e) = one_host(&req) {
-            return self.now(
-                track,
-                &req,
-                Some(&route),
-                client,
-                started,
-                e.into_response(),
-            );
+            return self.now(track, &req, Some(&route), started, e.into_response());
         }
+        let client = client::resolve(peer.ip(), req.headers(), &self.settings.trusted_proxies);
         if route.immediate() {
             let resp = match route.class() {
                 Class::Public => self.admission.rate(client).map_err(|r| r.0),
@@ -129,13 +122,13 @@ impl Edge {
                 self.api
                     .answer_now(&route, req.uri().query(), req.headers(), client)
             });
-            return self.now(track, &req, Some(&route), client, started, resp);
+            return self.now(track, &req, Some(&route), started, resp);
         }
         let ticket = match self.admission.admit(route.class(), client) {
             Ok(ticket) => ticket,
             Err(refused) => {
                 let resp = refused.0.into_response();
-                return self.now(track, &req, Some(&route), client, started, resp);
+                return self.now(track, &req, Some(&route), started, resp);
             }
         };
         let route = route.into_owned();
@@ -154,14 +147,8 @@ impl Edge {
             if drains && body.unread() {
                 body.drain().await;
             }
-            edge.log.answered(
-                Some(index),
-                &method,
-                uri.path(),
-                resp.status(),
-                client,
-                started,
-            );
+            edge.log
+                .answered(Some(index), &method, uri.path(), resp.status(), started);
             let in_progress = body::InProgress(track);
             Ok(resp.map(|b| Reply::new(b).in_progress(in_progress)))
         }))
@@ -173,7 +160,6 @@ impl Edge {
         track: &conn::ConnTrack,
         req: &Request<Incoming>,
         route: Option<&Route<'_>>,
-        client: IpAddr,
         started: Option<Instant>,
         resp: Response,
     ) -> Handling {
@@ -183,7 +169,6 @@ impl Edge {
             req.method(),
             req.uri().path(),
             resp.status(),
-            client,
             started,
         );
         // Its body is in memory and goes out at once: the request is done.

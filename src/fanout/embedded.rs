@@ -3,7 +3,7 @@
 //! several instances the Redis store's consumer group shares the queue.
 
 use super::store::{
-    member_key, Batch, Claimed, Job, JobCounters, JobState, ProviderKind, PushError, PushStore,
+    member_key, Batch, Claimed, Job, JobDelta, JobState, ProviderKind, PushError, PushStore,
     Subscription,
 };
 use crate::storage::embedded::{encode, DbResult, EmbeddedDb};
@@ -423,6 +423,9 @@ impl PushStore for EmbeddedPushStore {
             let txn = db.begin_write().db()?;
             let mut job = load_job(&txn, &id)?;
             if !job.state.is_final() {
+                if state.is_final() {
+                    job.finished_at = Some(Utc::now());
+                }
                 job.state = state;
                 save_job(&txn, &job)?;
             }
@@ -517,9 +520,9 @@ impl PushStore for EmbeddedPushStore {
     async fn complete(
         &self,
         claimed: &Claimed,
-        delta: &JobCounters,
+        delta: &JobDelta,
     ) -> Result<Option<Job>, PushError> {
-        let (claimed, delta) = (claimed.clone(), *delta);
+        let (claimed, delta) = (claimed.clone(), delta.clone());
         self.run(move |db| {
             let seq: u64 = claimed
                 .delivery
@@ -539,15 +542,53 @@ impl PushStore for EmbeddedPushStore {
                 }
                 Err(e) => return Err(e),
             };
-            let c = &mut job.counters;
-            c.sent += delta.sent;
-            c.failed += delta.failed;
-            c.removed += delta.removed;
-            c.retried += delta.retried;
+            let (c, d) = (&mut job.counters, &delta.counters);
+            c.sent += d.sent;
+            c.failed += d.failed;
+            c.removed += d.removed;
+            c.retried += d.retried;
             job.batches_done += 1;
+            job.failures.merge(&delta.failures);
+            for p in &delta.checked {
+                if !job.checked.contains(p) {
+                    job.checked.push(*p);
+                }
+            }
+            job.checked.sort();
             save_job(&txn, &job)?;
             txn.commit().db()?;
             Ok(Some(job))
+        })
+        .await
+    }
+
+    async fn renew(&self, claimed: &Claimed, consumer: &str) -> Result<bool, PushError> {
+        let (claimed, consumer) = (claimed.clone(), consumer.to_owned());
+        self.run(move |db| {
+            let seq: u64 = claimed
+                .delivery
+                .parse()
+                .map_err(|_| PushError::Corrupt(format!("bad delivery id {}", claimed.delivery)))?;
+            let mut txn = db.begin_write().db()?;
+            // Lost to a crash, a renewal does not matter: the batch is sent again.
+            txn.set_durability(redb::Durability::Eventual);
+            let owned = {
+                let mut inflight = txn.open_table(INFLIGHT).db()?;
+                let held = match inflight.get(seq).db()? {
+                    Some(v) => Some(decode::<InFlight>(v.value())?),
+                    None => None,
+                };
+                match held {
+                    Some(mut f) if f.consumer == consumer => {
+                        f.claimed_at_ms = Utc::now().timestamp_millis();
+                        inflight.insert(seq, encode(&f).as_str()).db()?;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            txn.commit().db()?;
+            Ok(owned)
         })
         .await
     }

@@ -26,12 +26,13 @@ pub async fn start(
     actor: &str,
 ) -> Result<Job, PushError> {
     let (ranges, total) = store.batch_ranges(product, BATCH_SIZE).await?;
+    let finished = dry_run || ranges.is_empty();
     let job = Job {
         id: new_job_id(),
         product: product.to_owned(),
         version: version.to_owned(),
         dry_run,
-        state: if dry_run || ranges.is_empty() {
+        state: if finished {
             JobState::Done
         } else {
             JobState::Running
@@ -44,6 +45,9 @@ pub async fn start(
         },
         batches_total: if dry_run { 0 } else { ranges.len() as u64 },
         batches_done: 0,
+        finished_at: finished.then(Utc::now),
+        failures: Default::default(),
+        checked: vec![],
     };
     store.put_job(&job).await?;
     if !dry_run {

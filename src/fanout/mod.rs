@@ -1,14 +1,18 @@
 //! Release fan-out: push subscriptions, notification jobs split into batches
 //! on a durable queue, and the workers that drain it through the providers.
 
+mod breaker;
 pub mod embedded;
 pub mod jobs;
+pub mod metrics;
+mod pacing;
 pub mod redis;
 pub mod store;
 pub mod worker;
 
 pub use store::{
-    Batch, Claimed, Job, JobCounters, JobState, ProviderKind, PushError, PushStore, Subscription,
+    Batch, Claimed, Failures, Job, JobCounters, JobDelta, JobState, ProviderKind, PushError,
+    PushStore, Subscription,
 };
 
 use crate::storage::Backend;

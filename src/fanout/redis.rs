@@ -17,7 +17,7 @@
 //! | `P:push:lock:<member>` | string, expires | the writer lease of one member (see below); a random nonce |
 //! | `P:{fanout}:queue` | stream, consumer group `workers` | one entry per batch, field `batch` = `Batch` JSON; a claimed entry sits in the group's pending list until `complete` acknowledges and deletes it |
 //! | `P:{fanout}:jobs` | sorted set | job ids by `created_at` in ms since the epoch, written with the job by `put_job`: what `list_jobs` reads (jobs put before it existed are not listed) |
-//! | `P:{fanout}:job:<id>` | hash | one job: `id`, `product`, `version`, `dry_run` (`0`/`1`), `state` (`planning`, `running`, `done`, `cancelled`, `failed`), `reason` (failed only), `created_at` (RFC 3339, ns), `created_by`, and the counters `total`, `sent`, `failed`, `removed`, `retried`, `batches_total`, `batches_done` as decimal integers (`HINCRBY`) |
+//! | `P:{fanout}:job:<id>` | hash | one job: `id`, `product`, `version`, `dry_run` (`0`/`1`), `state` (`planning`, `running`, `done`, `cancelled`, `failed`), `reason` (failed only), `created_at` (RFC 3339, ns), `created_by`, and the counters `total`, `sent`, `failed`, `removed`, `retried`, `batches_total`, `batches_done` as decimal integers (`HINCRBY`), `finished_at` once final, `f:<provider>:<code>` = failed sends with that code (`HINCRBY`), `e:<provider>` = the provider's last error in words, `c:<provider>` = `1` once its first answers passed the mix-up check |
 //!
 //! A subscription hash only counts as a subscription once it has
 //! `last_seen`: a hash holding only `i:` fields is the trace of an upsert
@@ -75,8 +75,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use redis::Script;
 
 use super::store::{
-    member_key, parse_member, Batch, Claimed, Job, JobCounters, JobState, ProviderKind, PushError,
-    PushStore, Subscription,
+    member_key, parse_member, Batch, Claimed, Failures, Job, JobCounters, JobDelta, JobState,
+    ProviderKind, PushError, PushStore, Subscription,
 };
 use crate::storage::redis::{Conn, RedisLink};
 
@@ -128,7 +128,7 @@ return 0
 /// Sets a job's state unless it is final. Answers the job as stored, or nil
 /// when there is no such job.
 ///
-/// KEYS: job. ARGV: state, reason (for `failed`).
+/// KEYS: job. ARGV: state, reason (for `failed`), now (RFC 3339).
 const SET_STATE_LUA: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
@@ -136,6 +136,9 @@ end
 local cur = redis.call('HGET', KEYS[1], 'state')
 if cur ~= 'done' and cur ~= 'cancelled' and cur ~= 'failed' then
   redis.call('HSET', KEYS[1], 'state', ARGV[1])
+  if ARGV[1] == 'done' or ARGV[1] == 'cancelled' or ARGV[1] == 'failed' then
+    redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
+  end
   if ARGV[1] == 'failed' then
     redis.call('HSET', KEYS[1], 'reason', ARGV[2])
   else
@@ -188,7 +191,9 @@ return false
 /// XACK removed the entry from the pending list adds the counters. Answers
 /// the job afterwards, or nil when nothing was counted.
 ///
-/// KEYS: queue, job. ARGV: group, entry id, sent, failed, removed, retried.
+/// KEYS: queue, job. ARGV: group, entry id, sent, failed, removed,
+/// retried, n, then n (field, increment) pairs, then (field, value) pairs
+/// to set (failure codes and last errors, see the key layout).
 const COMPLETE_LUA: &str = r"
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) ~= 1 then
   return false
@@ -202,7 +207,30 @@ redis.call('HINCRBY', KEYS[2], 'failed', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'removed', ARGV[5])
 redis.call('HINCRBY', KEYS[2], 'retried', ARGV[6])
 redis.call('HINCRBY', KEYS[2], 'batches_done', 1)
+local n = tonumber(ARGV[7])
+local i = 8
+for _ = 1, n do
+  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i < #ARGV do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
 return redis.call('HGETALL', KEYS[2])
+";
+
+/// Resets the idle time of a pending entry if `consumer` still owns it.
+/// Answers 1, or 0 when the entry is gone or owned by another consumer.
+///
+/// KEYS: queue. ARGV: group, consumer, entry id.
+const RENEW_LUA: &str = r"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if p[1] == nil or p[1][2] ~= ARGV[2] then
+  return 0
+end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
 ";
 
 struct Keys {
@@ -244,6 +272,7 @@ struct Scripts {
     set_state: Script,
     claim: Script,
     complete: Script,
+    renew: Script,
 }
 
 /// See the module docs for the key layout, the write order and failures.
@@ -292,6 +321,7 @@ impl RedisPushStore {
                 set_state: Script::new(SET_STATE_LUA),
                 claim: Script::new(CLAIM_LUA),
                 complete: Script::new(COMPLETE_LUA),
+                renew: Script::new(RENEW_LUA),
             },
         }
     }
@@ -538,7 +568,65 @@ fn job_fields(job: &Job) -> Vec<(&'static str, String)> {
     if let Some(reason) = job.state.reason() {
         fields.push(("reason", reason.to_owned()));
     }
+    if let Some(at) = job.finished_at {
+        fields.push(("finished_at", time_text(at)));
+    }
     fields
+}
+
+/// A hash field and its value.
+type Field = (String, String);
+
+/// The failure fields of a job: `f:<provider>:<code>` counts,
+/// `e:<provider>` last errors, `c:<provider>` checked providers.
+fn failure_fields(failures: &Failures, checked: &[ProviderKind]) -> (Vec<Field>, Vec<Field>) {
+    let counts = failures
+        .by_code
+        .iter()
+        .flat_map(|(p, codes)| {
+            codes
+                .iter()
+                .map(move |(code, n)| (format!("f:{}:{code}", p.as_str()), n.to_string()))
+        })
+        .collect();
+    let mut set: Vec<(String, String)> = failures
+        .last_error
+        .iter()
+        .map(|(p, words)| (format!("e:{}", p.as_str()), words.clone()))
+        .collect();
+    set.extend(
+        checked
+            .iter()
+            .map(|p| (format!("c:{}", p.as_str()), "1".to_owned())),
+    );
+    (counts, set)
+}
+
+fn decode_failures(id: &str, fields: &Fields) -> Result<(Failures, Vec<ProviderKind>), PushError> {
+    let mut failures = Failures::default();
+    let mut checked = vec![];
+    for (name, value) in fields {
+        let Some((kind, rest)) = name.split_once(':') else {
+            continue;
+        };
+        let bad = || PushError::Corrupt(format!("job {id}: field {name:?} = {value:?}"));
+        match kind {
+            "f" => {
+                let (p, code) = rest.split_once(':').ok_or_else(bad)?;
+                let p = ProviderKind::parse(p).ok_or_else(bad)?;
+                let n = value.parse::<u64>().map_err(|_| bad())?;
+                failures.count(p, code, "", n);
+            }
+            "e" => {
+                let p = ProviderKind::parse(rest).ok_or_else(bad)?;
+                failures.last_error.insert(p, value.clone());
+            }
+            "c" => checked.push(ProviderKind::parse(rest).ok_or_else(bad)?),
+            _ => {}
+        }
+    }
+    checked.sort();
+    Ok((failures, checked))
 }
 
 fn decode_job(id: &str, fields: &Fields) -> Result<Job, PushError> {
@@ -556,6 +644,7 @@ fn decode_job(id: &str, fields: &Fields) -> Result<Job, PushError> {
     let name = text("state")?;
     let state = JobState::from_parts(&name, fields.get("reason").cloned())
         .ok_or_else(|| PushError::Corrupt(format!("job {id}: unknown state {name:?}")))?;
+    let (failures, checked) = decode_failures(id, fields)?;
     Ok(Job {
         id: text("id")?,
         product: text("product")?,
@@ -573,6 +662,12 @@ fn decode_job(id: &str, fields: &Fields) -> Result<Job, PushError> {
         },
         batches_total: number("batches_total")?,
         batches_done: number("batches_done")?,
+        finished_at: fields
+            .get("finished_at")
+            .map(|t| parse_time(t, || format!("finished_at of job {id}")))
+            .transpose()?,
+        failures,
+        checked,
     })
 }
 
@@ -818,6 +913,10 @@ impl PushStore for RedisPushStore {
             .arg(job.created_at.timestamp_millis())
             .arg(&job.id)
             .ignore();
+        let (counts, set) = failure_fields(&job.failures, &job.checked);
+        if !counts.is_empty() || !set.is_empty() {
+            pipe.cmd("HSET").arg(&key).arg(&counts).arg(&set).ignore();
+        }
         self.link
             .run(|mut c| async move { Ok(c.pipe::<()>(&pipe).await?) })
             .await
@@ -874,7 +973,11 @@ impl PushStore for RedisPushStore {
         let script = &self.scripts.set_state;
         let fields: Option<Fields> = self
             .link
-            .run(|mut c| async move { c.invoke(script.key(&key).arg(tag).arg(reason)).await })
+            .run(|mut c| async move {
+                let now = time_text(chrono::Utc::now());
+                c.invoke(script.key(&key).arg(tag).arg(reason).arg(now))
+                    .await
+            })
             .await?;
         match fields {
             Some(fields) if !fields.is_empty() => decode_job(id, &fields),
@@ -925,33 +1028,56 @@ impl PushStore for RedisPushStore {
     async fn complete(
         &self,
         claimed: &Claimed,
-        delta: &JobCounters,
+        delta: &JobDelta,
     ) -> Result<Option<Job>, PushError> {
         let job_id = &claimed.batch.job_id;
         let job_key = self.keys.job(job_id);
         let queue = &self.keys.queue;
         let script = &self.scripts.complete;
+        let c = &delta.counters;
+        let (counts, set) = failure_fields(&delta.failures, &delta.checked);
+        let (counts, set) = (&counts, &set);
         let fields: Option<Fields> = self
             .link
-            .run(|mut c| async move {
-                c.invoke(
-                    script
-                        .key(queue)
-                        .key(&job_key)
-                        .arg(GROUP)
-                        .arg(&claimed.delivery)
-                        .arg(delta.sent)
-                        .arg(delta.failed)
-                        .arg(delta.removed)
-                        .arg(delta.retried),
-                )
-                .await
+            .run(|mut conn| async move {
+                let mut call = script.key(queue);
+                call.key(&job_key)
+                    .arg(GROUP)
+                    .arg(&claimed.delivery)
+                    .arg(c.sent)
+                    .arg(c.failed)
+                    .arg(c.removed)
+                    .arg(c.retried)
+                    .arg(counts.len());
+                for (field, value) in counts.iter().chain(set) {
+                    call.arg(field).arg(value);
+                }
+                conn.invoke(&call).await
             })
             .await?;
         match fields {
             Some(fields) if !fields.is_empty() => decode_job(job_id, &fields).map(Some),
             _ => Ok(None),
         }
+    }
+
+    async fn renew(&self, claimed: &Claimed, consumer: &str) -> Result<bool, PushError> {
+        let queue = &self.keys.queue;
+        let script = &self.scripts.renew;
+        let owned: i64 = self
+            .link
+            .run(|mut c| async move {
+                c.invoke(
+                    script
+                        .key(queue)
+                        .arg(GROUP)
+                        .arg(consumer)
+                        .arg(&claimed.delivery),
+                )
+                .await
+            })
+            .await?;
+        Ok(owned == 1)
     }
 }
 

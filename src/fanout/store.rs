@@ -12,6 +12,7 @@ use crate::storage::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// What the push store can fail with.
@@ -53,6 +54,22 @@ impl ProviderKind {
             ProviderKind::Apns => "apns",
         }
     }
+
+    /// As people write it: `FCM`, `APNs`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProviderKind::Fcm => "FCM",
+            ProviderKind::Apns => "APNs",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "fcm" => Some(ProviderKind::Fcm),
+            "apns" => Some(ProviderKind::Apns),
+            _ => None,
+        }
+    }
 }
 
 /// The index key of a subscription: `provider:token`. Ordered, so a product's
@@ -63,12 +80,7 @@ pub fn member_key(provider: ProviderKind, token: &str) -> String {
 
 pub fn parse_member(member: &str) -> Option<(ProviderKind, &str)> {
     let (p, token) = member.split_once(':')?;
-    let provider = match p {
-        "fcm" => ProviderKind::Fcm,
-        "apns" => ProviderKind::Apns,
-        _ => return None,
-    };
-    Some((provider, token))
+    Some((ProviderKind::parse(p)?, token))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +100,80 @@ pub struct JobCounters {
     pub failed: u64,
     pub removed: u64,
     pub retried: u64,
+}
+
+/// Distinct failure codes kept per provider and job; further ones count
+/// under `other` (codes come from providers and proxies, and a job must
+/// stay small).
+pub const MAX_CODES: usize = 32;
+
+/// Why a job's sends failed: per provider, failures by code, and the last
+/// error in words.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failures {
+    /// provider -> code -> failed sends.
+    #[serde(default)]
+    pub by_code: BTreeMap<ProviderKind, BTreeMap<String, u64>>,
+    /// provider -> the last failure, in words.
+    #[serde(default)]
+    pub last_error: BTreeMap<ProviderKind, String>,
+}
+
+impl Failures {
+    pub fn is_empty(&self) -> bool {
+        self.by_code.is_empty() && self.last_error.is_empty()
+    }
+
+    /// One more failure of `provider` with `code`.
+    pub fn count(&mut self, provider: ProviderKind, code: &str, words: &str, n: u64) {
+        let codes = self.by_code.entry(provider).or_default();
+        let code = match codes.contains_key(code) || codes.len() < MAX_CODES - 1 {
+            true => code,
+            false => "other",
+        };
+        *codes.entry(code.to_owned()).or_default() += n;
+        if !words.is_empty() {
+            self.last_error.insert(provider, words.to_owned());
+        }
+    }
+
+    /// `other` added in: counts summed, its last errors win.
+    pub fn merge(&mut self, other: &Failures) {
+        for (provider, codes) in &other.by_code {
+            for (code, n) in codes {
+                self.count(*provider, code, "", *n);
+            }
+        }
+        for (provider, words) in &other.last_error {
+            self.last_error.insert(*provider, words.clone());
+        }
+    }
+
+    /// "APNs: tls_untrusted 5 (last: TLS with ...)", every provider that failed.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![];
+        for (provider, codes) in &self.by_code {
+            let mut codes: Vec<_> = codes.iter().collect();
+            codes.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let counts: Vec<String> = codes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            let mut part = format!("{}: {}", provider.label(), counts.join(", "));
+            if let Some(words) = self.last_error.get(provider) {
+                part.push_str(&format!(" (last: {words})"));
+            }
+            parts.push(part);
+        }
+        parts.join("; ")
+    }
+}
+
+/// What a batch adds to its job when it completes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobDelta {
+    pub counters: JobCounters,
+    pub failures: Failures,
+    /// Providers whose first answers in this job passed the mix-up check
+    /// (see `fanout::breaker`): later batches delete dead tokens at once.
+    pub checked: Vec<ProviderKind>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +254,14 @@ pub struct Job {
     pub counters: JobCounters,
     pub batches_total: u64,
     pub batches_done: u64,
+    /// When the job reached a final state.
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub failures: Failures,
+    /// See [`JobDelta::checked`].
+    #[serde(default)]
+    pub checked: Vec<ProviderKind>,
 }
 
 /// One unit of queued work: the subscribers of `product` whose member keys
@@ -280,12 +374,15 @@ pub trait PushStore: Send + Sync + 'static {
     async fn claim(&self, consumer: &str, stale: Duration) -> Result<Option<Claimed>, PushError>;
 
     /// Done with a claimed batch, atomically: it leaves the queue, `delta` is
-    /// added to its job's counters and `batches_done` goes up by one. If the
+    /// added to its job's counters and failures, `batches_done` goes up by
+    /// one. If the
     /// batch already left the queue (another consumer took it over and
     /// finished it), nothing is counted again. Returns the job afterwards.
-    async fn complete(
-        &self,
-        claimed: &Claimed,
-        delta: &JobCounters,
-    ) -> Result<Option<Job>, PushError>;
+    async fn complete(&self, claimed: &Claimed, delta: &JobDelta)
+        -> Result<Option<Job>, PushError>;
+
+    /// Extends the claim on a batch still being sent, so it is not taken
+    /// over as crashed after `stale`. False when it is no longer this
+    /// consumer's (taken over, or completed): stop sending it.
+    async fn renew(&self, claimed: &Claimed, consumer: &str) -> Result<bool, PushError>;
 }

@@ -1,20 +1,24 @@
 //! Fan-out workers: every instance runs a few; each claims a batch from the
 //! shared queue, sends to the batch's current subscribers through the
-//! providers (in-flight sends bounded per provider), and completes the batch
-//! with its counters in one atomic step. A crashed worker's batch is claimed
-//! by another after `push.stale_batch_secs`, so nobody is missed; at most that one batch is
-//! sent twice, and the per-product collapse id keeps the phone from showing
-//! it twice.
+//! providers (paced per provider, in-flight sends bounded), renews its
+//! claim while it sends, and completes the batch with its counters and
+//! failure reasons in one atomic step. A crashed worker's batch is claimed
+//! by another after `push.stale_batch_secs`, so nobody is missed; at most
+//! that one batch is sent twice, and the per-product collapse id keeps the
+//! phone from showing it twice.
 
+use super::breaker::{Breaker, Verdict};
+use super::metrics::{self, FanoutMetrics};
+use super::pacing::Pacer;
 use super::store::{
-    Claimed, JobCounters, JobState, ProviderKind, PushError, PushStore, Subscription,
+    Claimed, Failures, JobDelta, JobState, ProviderKind, PushError, PushStore, Subscription,
 };
 use crate::catalog::Catalog;
-use crate::push::{send_prepared_with_retry, Notice, Prepared, Provider, RetryPolicy, SendOutcome};
+use crate::push::{Notice, Prepared, Provider, RetryPolicy, SendOutcome};
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
@@ -24,51 +28,7 @@ pub struct ProviderSlot {
     pub provider: Arc<dyn Provider>,
     /// Bounds concurrent sends to this provider across all workers.
     pub in_flight: Arc<Semaphore>,
-}
-
-/// Per provider and outcome, for /metrics.
-#[derive(Default)]
-pub struct FanoutMetrics {
-    pub sent: [AtomicU64; 2],
-    pub failed: [AtomicU64; 2],
-    pub removed: [AtomicU64; 2],
-    pub retried: [AtomicU64; 2],
-    /// Jobs stopped by payload or credential errors: page someone.
-    pub fatal: AtomicU64,
-}
-
-fn slot(kind: ProviderKind) -> usize {
-    match kind {
-        ProviderKind::Fcm => 0,
-        ProviderKind::Apns => 1,
-    }
-}
-
-impl FanoutMetrics {
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let _ = writeln!(out, "# HELP firmcast_push_total Push sends, by provider and outcome.\n# TYPE firmcast_push_total counter");
-        for (name, counters) in [
-            ("sent", &self.sent),
-            ("failed", &self.failed),
-            ("removed", &self.removed),
-            ("retried", &self.retried),
-        ] {
-            for (kind, i) in [("fcm", 0), ("apns", 1)] {
-                let _ = writeln!(
-                    out,
-                    "firmcast_push_total{{provider=\"{kind}\",outcome=\"{name}\"}} {}",
-                    counters[i].load(Relaxed)
-                );
-            }
-        }
-        let _ = writeln!(out, "# HELP firmcast_push_jobs_fatal_total Fan-out jobs stopped by payload or credential errors (alert on any).\n# TYPE firmcast_push_jobs_fatal_total counter");
-        let _ = writeln!(
-            out,
-            "firmcast_push_jobs_fatal_total {}",
-            self.fatal.load(Relaxed)
-        );
-    }
+    pub pacer: Pacer,
 }
 
 pub struct Fanout {
@@ -79,7 +39,8 @@ pub struct Fanout {
     pub metrics: FanoutMetrics,
     /// Unique per process: the queue's consumer name.
     pub consumer: String,
-    /// A batch claimed this long ago and not completed is taken over.
+    /// A batch claimed this long ago and not completed or renewed is
+    /// taken over.
     pub stale: Duration,
     /// Sends one batch may have in flight (`push.in_flight`): one batch can
     /// fill a provider's window while the other workers load theirs.
@@ -95,6 +56,22 @@ pub struct Fanout {
 const WATCH_JOB: Duration = Duration::from_millis(250);
 /// Cancelled job ids remembered for [`Fanout::cancelled`].
 const CANCELLED_KEPT: usize = 256;
+
+/// What one batch did, shared by its concurrent sends.
+#[derive(Default)]
+struct Tally {
+    delta: JobDelta,
+    fatal: Option<String>,
+}
+
+impl Tally {
+    fn failed(&mut self, provider: ProviderKind, outcome: &SendOutcome) {
+        self.delta.counters.failed += 1;
+        let code = outcome.code().unwrap_or("unknown");
+        let words = outcome.reason().unwrap_or_default();
+        self.delta.failures.count(provider, code, words, 1);
+    }
+}
 
 impl Fanout {
     /// Marks `job` cancelled in the store, and stops this instance's
@@ -116,28 +93,34 @@ impl Fanout {
         cancelled.iter().any(|j| j == job)
     }
 
-    /// The providers `[push.apns]` and `[push.fcm]` enable, over `store`.
+    /// The providers `[push.apns]` and `[push.fcm]` enable, over `store`;
+    /// paced through `backend` when it is shared (Redis).
     pub fn from_settings(
         settings: &crate::config::Settings,
         store: Arc<dyn PushStore>,
+        backend: Option<&crate::storage::Backend>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let p = &settings.push;
         let mut providers = HashMap::new();
-        let slot = |provider: Arc<dyn Provider>| ProviderSlot {
+        let slot = |provider: Arc<dyn Provider>, max_per_second: u32| ProviderSlot {
+            pacer: Pacer::new(provider.name(), max_per_second, backend),
             provider,
             in_flight: Arc::new(Semaphore::new(p.in_flight.max(1))),
         };
         if p.apns.enabled {
             let apns =
                 crate::push::apns::ApnsProvider::from_settings(&p.apns).context("[push.apns]")?;
-            providers.insert(ProviderKind::Apns, slot(Arc::new(apns)));
-            tracing::info!(base_url = %p.apns.base_url, "push: APNs enabled");
+            providers.insert(
+                ProviderKind::Apns,
+                slot(Arc::new(apns), p.apns.max_per_second),
+            );
+            tracing::info!(base_url = %p.apns.base_url, max_per_second = p.apns.max_per_second, "push: APNs enabled");
         }
         if p.fcm.enabled {
             let fcm = crate::push::fcm::FcmProvider::from_settings(&p.fcm).context("[push.fcm]")?;
-            providers.insert(ProviderKind::Fcm, slot(Arc::new(fcm)));
-            tracing::info!(base_url = %p.fcm.base_url, "push: FCM enabled");
+            providers.insert(ProviderKind::Fcm, slot(Arc::new(fcm), p.fcm.max_per_second));
+            tracing::info!(base_url = %p.fcm.base_url, max_per_second = p.fcm.max_per_second, "push: FCM enabled");
         }
         Ok(Fanout {
             store,
@@ -190,9 +173,7 @@ impl Fanout {
         let job = self.store.get_job(&batch.job_id).await?;
         let Some(job) = job.filter(|j| !j.state.is_final()) else {
             // Cancelled or stopped: the batch just leaves the queue.
-            self.store
-                .complete(claimed, &JobCounters::default())
-                .await?;
+            self.store.complete(claimed, &JobDelta::default()).await?;
             return Ok(());
         };
         let release = {
@@ -204,15 +185,9 @@ impl Fanout {
             })
         };
         let Some(release) = release.filter(|r| !r.stored.yanked) else {
-            self.store
-                .set_job_state(
-                    &job.id,
-                    JobState::Failed("the release was yanked or removed".into()),
-                )
-                .await?;
-            self.store
-                .complete(claimed, &JobCounters::default())
-                .await?;
+            let failed = JobState::Failed("the release was yanked or removed".into());
+            self.store.set_job_state(&job.id, failed).await?;
+            self.store.complete(claimed, &JobDelta::default()).await?;
             return Ok(());
         };
         let subs = self
@@ -220,35 +195,28 @@ impl Fanout {
             .subscribers_in(&batch.product, &batch.first, &batch.last)
             .await?;
         let notices = self.prepare_notices(&release, &subs);
-        let fatal = std::sync::Mutex::new(None::<String>);
-        let delta = std::sync::Mutex::new(JobCounters::default());
-        // Set when the job stops (cancelled, failed here or elsewhere): no
-        // further send of this batch starts.
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let finished = std::sync::atomic::AtomicBool::new(false);
+        let mut counts = HashMap::new();
+        for sub in &subs {
+            *counts.entry(sub.provider).or_insert(0) += 1;
+        }
+        let breaker = Breaker::new(&counts, &job.checked);
+        let tally = Mutex::new(Tally::default());
+        // Set when the job stops (cancelled, failed here or elsewhere, the
+        // batch taken over): no further send of this batch starts.
+        let stop = AtomicBool::new(false);
+        let finished = AtomicBool::new(false);
+        let lost = AtomicBool::new(false);
         let sending = futures_util::stream::iter(&subs).for_each_concurrent(
             self.batch_concurrency.max(1),
             |sub| {
-                let (notices, fatal, delta, stop) = (&notices, &fatal, &delta, &stop);
+                let (notices, tally, stop, breaker) = (&notices, &tally, &stop, &breaker);
                 let job_id = job.id.as_str();
                 async move {
                     if stop.load(Relaxed) || self.cancelled_here(job_id) {
                         return;
                     }
                     let prepared = notices.get(&(sub.provider, sub.locale.as_str()));
-                    let result = self.deliver(sub, prepared).await;
-                    let mut d = delta.lock().expect("no panics under this lock");
-                    d.retried += result.retried;
-                    match result.outcome {
-                        Outcome::Sent => d.sent += 1,
-                        Outcome::Removed => d.removed += 1,
-                        Outcome::Failed => d.failed += 1,
-                        Outcome::Fatal(reason) => {
-                            d.failed += 1;
-                            stop.store(true, Relaxed);
-                            *fatal.lock().expect("no panics under this lock") = Some(reason);
-                        }
-                    }
+                    self.deliver(sub, prepared, tally, breaker, stop).await;
                 }
             },
         );
@@ -257,6 +225,7 @@ impl Fanout {
             finished.store(true, Relaxed);
         };
         let watching = async {
+            let mut renewed = tokio::time::Instant::now();
             while !finished.load(Relaxed) && !stop.load(Relaxed) {
                 tokio::time::sleep(WATCH_JOB).await;
                 if let Ok(Some(now)) = self.store.get_job(&job.id).await {
@@ -264,20 +233,35 @@ impl Fanout {
                         stop.store(true, Relaxed);
                     }
                 }
+                if renewed.elapsed() >= self.stale / 3 {
+                    renewed = tokio::time::Instant::now();
+                    if let Ok(false) = self.store.renew(claimed, &self.consumer).await {
+                        lost.store(true, Relaxed);
+                        stop.store(true, Relaxed);
+                    }
+                }
             }
         };
         tokio::join!(sending, watching);
-        let delta = delta.into_inner().expect("no panics under this lock");
-        if let Some(reason) = fatal.into_inner().expect("no panics under this lock") {
+        let Tally { mut delta, fatal } = tally.into_inner().unwrap_or_else(|e| e.into_inner());
+        if lost.load(Relaxed) {
+            // Its new owner sends the rest and counts the batch.
+            tracing::warn!(job = %job.id, "a batch was taken over by another worker while this one sent it (stalled past push.stale_batch_secs); stopped sending it");
+            return Ok(());
+        }
+        delta.checked = breaker.passed();
+        if let Some(reason) = fatal {
             self.metrics.fatal.fetch_add(1, Relaxed);
-            tracing::error!(job = %job.id, reason = %reason, "fan-out job stopped by a payload or credential error; tokens kept");
+            tracing::error!(job = %job.id, reason = %reason, "fan-out job stopped; tokens kept");
             self.store
                 .set_job_state(&job.id, JobState::Failed(reason))
                 .await?;
         }
         if let Some(after) = self.store.complete(claimed, &delta).await? {
             if after.batches_done >= after.batches_total && !after.state.is_final() {
-                self.store.set_job_state(&after.id, JobState::Done).await?;
+                self.store
+                    .set_job_state(&after.id, final_state(&after))
+                    .await?;
             }
         }
         Ok(())
@@ -316,83 +300,194 @@ impl Fanout {
         notices
     }
 
+    /// Sends to one subscriber and counts what came of it in `tally`.
     async fn deliver(
         &self,
         sub: &Subscription,
         prepared: Option<&Result<Prepared, String>>,
-    ) -> Delivered {
-        let i = slot(sub.provider);
-        let (Some(slot), Some(prepared)) = (self.providers.get(&sub.provider), prepared) else {
-            self.metrics.failed[i].fetch_add(1, Relaxed);
-            return Delivered {
-                outcome: Outcome::Failed,
-                retried: 0,
-            };
+        tally: &Mutex<Tally>,
+        breaker: &Breaker,
+        stop: &AtomicBool,
+    ) {
+        let kind = sub.provider;
+        let Some(slot) = self.providers.get(&kind) else {
+            let outcome = SendOutcome::fatal(
+                "provider_disabled",
+                format!(
+                    "{} is not enabled here ([push.{}] enabled = false)",
+                    kind.label(),
+                    kind.as_str()
+                ),
+            );
+            self.metrics.failed(kind, "provider_disabled");
+            lock(tally).failed(kind, &outcome);
+            return;
         };
         let prepared = match prepared {
-            Ok(prepared) => prepared,
-            Err(reason) => {
-                self.metrics.failed[i].fetch_add(1, Relaxed);
-                return Delivered {
-                    outcome: Outcome::Fatal(format!("{}: {reason}", slot.provider.name())),
-                    retried: 0,
+            Some(Ok(prepared)) => prepared,
+            other => {
+                let reason = match other {
+                    Some(Err(reason)) => reason.as_str(),
+                    _ => "no notice prepared",
                 };
+                let outcome = SendOutcome::fatal("payload", format!("{}: {reason}", kind.label()));
+                self.metrics.failed(kind, "payload");
+                let mut t = lock(tally);
+                t.failed(kind, &outcome);
+                t.fatal = outcome.reason().map(str::to_owned);
+                stop.store(true, Relaxed);
+                return;
             }
         };
-        let delivery = {
-            let _permit = slot
-                .in_flight
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
-            send_prepared_with_retry(slot.provider.as_ref(), prepared, &sub.token, &self.policy)
-                .await
+        let (outcome, attempts) = self.send(slot, prepared, &sub.token).await;
+        let retried = u64::from(attempts.saturating_sub(1));
+        self.metrics.retried[metrics::slot(kind)].fetch_add(retried, Relaxed);
+        lock(tally).delta.counters.retried += retried;
+
+        let provider = &slot.provider;
+        let suspect = match &outcome {
+            SendOutcome::DeadToken { code, .. } => provider.mixup(code).map(|h| (code.as_str(), h)),
+            _ => None,
         };
-        let retried = u64::from(delivery.attempts.saturating_sub(1));
-        self.metrics.retried[i].fetch_add(retried, Relaxed);
-        let outcome = match &delivery.outcome {
-            SendOutcome::Sent { .. } => {
-                self.metrics.sent[i].fetch_add(1, Relaxed);
-                Outcome::Sent
-            }
-            dead @ SendOutcome::DeadToken { .. } if dead.should_delete_token(sub.last_seen) => {
-                match self
-                    .store
-                    .remove_subscription(sub.provider, &sub.token)
-                    .await
-                {
-                    Ok(_) => {
-                        self.metrics.removed[i].fetch_add(1, Relaxed);
-                        Outcome::Removed
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not delete a dead token; the next job will try again");
-                        self.metrics.failed[i].fetch_add(1, Relaxed);
-                        Outcome::Failed
-                    }
+        match breaker.answer(kind, &sub.token, suspect) {
+            Verdict::Deliver => {}
+            Verdict::Hold => return, // counted when the window closes
+            Verdict::Healthy(held) => {
+                for token in &held {
+                    self.remove(kind, token, tally).await;
+                }
+                if held.contains(&sub.token) {
+                    return;
                 }
             }
-            SendOutcome::Fatal { reason } => {
-                self.metrics.failed[i].fetch_add(1, Relaxed);
-                Outcome::Fatal(format!("{}: {reason}", slot.provider.name()))
+            Verdict::Tripped { reason, held } => {
+                let mut t = lock(tally);
+                for _ in 0..held {
+                    self.metrics
+                        .failed(kind, outcome.code().unwrap_or("unknown"));
+                    t.failed(kind, &outcome);
+                }
+                t.fatal = Some(reason);
+                stop.store(true, Relaxed);
+                return;
+            }
+            Verdict::Kept => {
+                self.metrics
+                    .failed(kind, outcome.code().unwrap_or("unknown"));
+                lock(tally).failed(kind, &outcome);
+                return;
+            }
+        }
+        if matches!(outcome, SendOutcome::Fatal { .. }) {
+            stop.store(true, Relaxed);
+        }
+        self.count(sub, &outcome, tally).await;
+    }
+
+    /// One send with retries: paced, in-flight bounded, backing off as
+    /// the policy says; a provider-wide "wait" pauses every send to it.
+    async fn send(
+        &self,
+        slot: &ProviderSlot,
+        prepared: &Prepared,
+        token: &str,
+    ) -> (SendOutcome, u32) {
+        let max_attempts = self.policy.max_attempts.max(1);
+        let mut attempts = 0;
+        loop {
+            slot.pacer.wait().await;
+            let outcome = {
+                let _permit = slot
+                    .in_flight
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
+                slot.provider.send_prepared(prepared, token).await
+            };
+            attempts += 1;
+            let SendOutcome::Retry { after, .. } = &outcome else {
+                return (outcome, attempts);
+            };
+            if attempts >= max_attempts {
+                return (outcome, attempts);
+            }
+            if let Some(quiet) = slot.provider.backoff(&outcome) {
+                if quiet > self.policy.max_delay {
+                    return (outcome, attempts);
+                }
+                slot.pacer.pause(quiet).await;
+                continue;
+            }
+            match self.policy.delay(attempts - 1, *after) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return (outcome, attempts),
+            }
+        }
+    }
+
+    /// Counts a final outcome: sent, a dead token deleted, or failed.
+    async fn count(&self, sub: &Subscription, outcome: &SendOutcome, tally: &Mutex<Tally>) {
+        let kind = sub.provider;
+        match outcome {
+            SendOutcome::Sent { .. } => {
+                self.metrics.sent[metrics::slot(kind)].fetch_add(1, Relaxed);
+                lock(tally).delta.counters.sent += 1;
+            }
+            dead @ SendOutcome::DeadToken { .. } if dead.should_delete_token(sub.last_seen) => {
+                self.remove(kind, &sub.token, tally).await;
+            }
+            SendOutcome::Fatal { reason, .. } => {
+                self.metrics
+                    .failed(kind, outcome.code().unwrap_or("unknown"));
+                let mut t = lock(tally);
+                t.failed(kind, outcome);
+                t.fatal = Some(format!("{}: {reason}", kind.label()));
             }
             _ => {
-                self.metrics.failed[i].fetch_add(1, Relaxed);
-                Outcome::Failed
+                self.metrics
+                    .failed(kind, outcome.code().unwrap_or("unknown"));
+                lock(tally).failed(kind, outcome);
             }
-        };
-        Delivered { outcome, retried }
+        }
+    }
+
+    /// Deletes a dead token's subscription; counted as removed.
+    async fn remove(&self, kind: ProviderKind, token: &str, tally: &Mutex<Tally>) {
+        match self.store.remove_subscription(kind, token).await {
+            Ok(_) => {
+                self.metrics.removed[metrics::slot(kind)].fetch_add(1, Relaxed);
+                lock(tally).delta.counters.removed += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not delete a dead token; the next job will try again");
+                self.metrics.failed(kind, "store");
+                let why = format!("deleting a dead token: {e}");
+                lock(tally).failed(kind, &SendOutcome::retry("store", why));
+            }
+        }
     }
 }
 
-enum Outcome {
-    Sent,
-    Removed,
-    Failed,
-    Fatal(String),
+fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    tally.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Delivered {
-    outcome: Outcome,
-    retried: u64,
+/// How a job whose batches are all done ends: `done`, unless nothing at
+/// all could be sent, which is `failed` with why.
+fn final_state(job: &super::Job) -> JobState {
+    let c = &job.counters;
+    if c.sent == 0 && c.removed == 0 && c.failed > 0 {
+        return JobState::Failed(format!(
+            "nothing could be sent: {}",
+            summary_or_count(&job.failures, c.failed)
+        ));
+    }
+    JobState::Done
+}
+
+fn summary_or_count(failures: &Failures, failed: u64) -> String {
+    match failures.is_empty() {
+        true => format!("{failed} sends failed"),
+        false => failures.summary(),
+    }
 }

@@ -206,6 +206,7 @@ impl ApnsProvider {
         }
         HeaderValue::from_str(topic).context("APNs topic is not a valid header value")?;
         let client = H2Client::new(&H2Settings {
+            name: "APNs",
             base_url,
             extra_roots_pem: extra_root_pem,
             connections,
@@ -230,7 +231,7 @@ impl ApnsProvider {
     async fn post(&self, device: &str, request: &ApnsRequest, token: &ProviderToken) -> Answer {
         let uri = match self.client.uri(&format!("/3/device/{device}")) {
             Ok(uri) => uri,
-            Err(e) => return Answer::Done(fatal(format!("APNs request: {e}"))),
+            Err(e) => return Answer::Done(fatal("bad_request", format!("APNs request: {e}"))),
         };
         let mut headers = request.headers.clone();
         headers.insert(AUTHORIZATION, token.authorization.clone());
@@ -255,30 +256,59 @@ impl Provider for ApnsProvider {
         ApnsRequest::build(notice, &self.topic).map(Prepared::new)
     }
 
+    fn backoff(&self, outcome: &SendOutcome) -> Option<Duration> {
+        match outcome {
+            // Too many notices to one device: that device's business.
+            SendOutcome::Retry { code, .. } if code == "TooManyRequests" => None,
+            SendOutcome::Retry { after, .. } => *after,
+            _ => None,
+        }
+    }
+
+    fn mixup(&self, code: &str) -> Option<&'static str> {
+        (code == "BadDeviceToken").then_some(
+            "most device tokens were refused as BadDeviceToken: are development \
+             (sandbox) tokens going to production, or the reverse? [push.apns] base_url \
+             is api.push.apple.com for App Store and TestFlight builds, \
+             api.sandbox.push.apple.com for development builds; no token was deleted",
+        )
+    }
+
     async fn send_prepared(&self, prepared: &Prepared, device: &str) -> SendOutcome {
         if !is_device_token(device) {
-            return SendOutcome::DeadToken {
-                reason: "malformed APNs device token (not hex)".into(),
-                since: None,
-            };
+            return SendOutcome::dead("BadDeviceToken", "malformed APNs device token (not hex)");
         }
         let Some(request) = prepared.get::<ApnsRequest>() else {
-            return fatal("a notice prepared by another provider was given to APNs");
+            return fatal(
+                "payload",
+                "a notice prepared by another provider was given to APNs",
+            );
         };
         let token = match self.tokens.current() {
             Ok(token) => token,
-            Err(e) => return fatal(format!("signing the APNs provider token: {e:#}")),
+            Err(e) => {
+                return fatal(
+                    "provider_token",
+                    format!("signing the APNs provider token: {e:#}"),
+                )
+            }
         };
         match self.post(device, request, &token).await {
             Answer::Done(outcome) => outcome,
             Answer::ExpiredProviderToken => {
                 let token = match self.tokens.refresh(token.generation) {
                     Ok(token) => token,
-                    Err(e) => return fatal(format!("signing the APNs provider token: {e:#}")),
+                    Err(e) => {
+                        return fatal(
+                            "provider_token",
+                            format!("signing the APNs provider token: {e:#}"),
+                        )
+                    }
                 };
                 match self.post(device, request, &token).await {
                     Answer::Done(outcome) => outcome,
                     Answer::ExpiredProviderToken => fatal(
+                        "ExpiredProviderToken",
                         "APNs 403 ExpiredProviderToken right after a refresh: \
                          check the clock and the key",
                     ),
@@ -288,10 +318,8 @@ impl Provider for ApnsProvider {
     }
 }
 
-fn fatal(reason: impl Into<String>) -> SendOutcome {
-    SendOutcome::Fatal {
-        reason: reason.into(),
-    }
+fn fatal(code: &str, reason: impl Into<String>) -> SendOutcome {
+    SendOutcome::fatal(code, reason)
 }
 
 /// APNs device tokens are hex (64 digits today; Apple says not to assume
@@ -407,6 +435,12 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Answer {
         return Answer::Done(SendOutcome::Sent { id: apns_id });
     }
     let error: ErrorBody = serde_json::from_str(body).unwrap_or_default();
+    // APNs names every refusal; a bare status is a proxy or a mistake.
+    let code = if error.reason.is_empty() {
+        format!("http_{}", status.as_u16())
+    } else {
+        error.reason.clone()
+    };
     let reason = if error.reason.is_empty() {
         format!("{status} {}", excerpt(body))
     } else {
@@ -416,28 +450,26 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Answer {
         (403, "ExpiredProviderToken") => return Answer::ExpiredProviderToken,
         // Unregistered (and ExpiredToken): dead since `timestamp`.
         (410, _) => SendOutcome::DeadToken {
+            code,
             reason,
             since: error.timestamp.as_ref().and_then(millis_to_time),
         },
-        (400, "BadDeviceToken") => SendOutcome::DeadToken {
-            reason,
-            since: None,
-        },
+        (400, "BadDeviceToken") => SendOutcome::dead(code, reason),
         // TooManyRequests (to this device), TooManyProviderTokenUpdates.
         (429, _) => SendOutcome::Retry {
             after: parse_retry_after(headers),
+            code,
             reason,
         },
         // InternalServerError, ServiceUnavailable, Shutdown.
         (500..=599, _) => SendOutcome::Retry {
             after: parse_retry_after(headers),
+            code,
             reason,
         },
         // PayloadTooLarge, Bad*, Missing*, TopicDisallowed, InvalidProviderToken,
         // Forbidden, BadPath, ...: our payload, configuration or credentials.
-        (code, _) => SendOutcome::Fatal {
-            reason: format!("APNs {code} {reason}"),
-        },
+        (status, _) => SendOutcome::fatal(code, format!("APNs {status} {reason}")),
     };
     Answer::Done(outcome)
 }

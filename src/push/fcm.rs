@@ -27,6 +27,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::h2::{H2Client, H2Settings};
+use super::oneshot::OneShot;
 use super::{
     compact_jws, excerpt, parse_retry_after, pem_to_der, read_ca_file, unix_now, FcmSettings,
     Notice, Prepared, Priority, Provider, SendOutcome,
@@ -145,8 +146,9 @@ struct TokenResponse {
 
 /// The FCM [`Provider`].
 pub struct FcmProvider {
-    /// For the OAuth token endpoint (rare requests, HTTP/1.1 is fine).
-    client: reqwest::Client,
+    /// For the OAuth token endpoint: the senders' roots and timeouts, one
+    /// connection per exchange (`push/oneshot.rs`).
+    client: OneShot,
     sender: H2Client,
     send_uri: Uri,
     signer: AssertionSigner,
@@ -192,18 +194,8 @@ impl FcmProvider {
         if account.project_id.is_empty() || account.client_email.is_empty() {
             anyhow::bail!("the service account has no project_id or client_email");
         }
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT);
-        if let Some(pem) = extra_roots_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)
-                .context("FCM ca_file is not PEM certificates")?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
         let sender = H2Client::new(&H2Settings {
+            name: "FCM",
             base_url,
             extra_roots_pem,
             connections,
@@ -218,7 +210,8 @@ impl FcmProvider {
             ))
             .map_err(|e| anyhow!("the service account's project_id: {e}"))?;
         Ok(FcmProvider {
-            client: builder.build().context("building the OAuth HTTP client")?,
+            client: OneShot::new(extra_roots_pem, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
+                .context("FCM ca_file")?,
             sender,
             send_uri,
             signer: AssertionSigner::new(account)?,
@@ -249,8 +242,8 @@ impl FcmProvider {
         if let Some(token) = self.cached(None) {
             return Ok(token);
         }
-        // Boxed, here and below: the OAuth exchange (a reqwest call) is a
-        // future of several KiB that every send's future would carry.
+        // Boxed, here and below: the OAuth exchange is a future of several
+        // KiB that every send's future would carry.
         Box::pin(self.fetch_unless_fresh(None)).await
     }
 
@@ -286,52 +279,49 @@ impl FcmProvider {
         let assertion = self
             .signer
             .sign(unix_now())
-            .map_err(|e| fatal(format!("signing the OAuth assertion: {e:#}")))?;
-        let response = self
+            .map_err(|e| fatal("oauth", format!("signing the OAuth assertion: {e:#}")))?;
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", JWT_BEARER)
+            .append_pair("assertion", &assertion)
+            .finish();
+        let answer = self
             .client
-            .post(&self.signer.token_uri)
-            .form(&[
-                ("grant_type", JWT_BEARER),
-                ("assertion", assertion.as_str()),
-            ])
-            .send()
+            .post(
+                &self.signer.token_uri,
+                "application/x-www-form-urlencoded",
+                Bytes::from(form),
+            )
             .await
-            .map_err(|e| {
-                if e.is_builder() {
-                    fatal(format!("OAuth token request: {e}"))
-                } else {
-                    SendOutcome::Retry {
-                        after: None,
-                        reason: format!("OAuth token endpoint unreachable: {e}"),
-                    }
-                }
+            .map_err(|e| match e.code {
+                "bad_url" => fatal("oauth", format!("the service account's token_uri: {e}")),
+                code => SendOutcome::retry(code, format!("OAuth token endpoint: {e}")),
             })?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.text().await.map_err(|e| SendOutcome::Retry {
-            after: None,
-            reason: format!("OAuth token response cut off: {e}"),
-        })?;
+        let (status, headers) = (answer.status, &answer.headers);
+        let body = answer.text();
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             return Err(SendOutcome::Retry {
-                after: parse_retry_after(&headers),
+                after: parse_retry_after(headers),
+                code: format!("oauth_http_{}", status.as_u16()),
                 reason: format!("OAuth token endpoint {status}"),
             });
         }
         if !status.is_success() {
             // invalid_grant (bad key, unknown account, clock), invalid_scope, ...
-            return Err(fatal(format!(
-                "OAuth token endpoint refused the service account: {status} {}",
-                excerpt(&body)
-            )));
+            return Err(fatal(
+                "oauth_refused",
+                format!(
+                    "OAuth token endpoint refused the service account: {status} {}",
+                    excerpt(&body)
+                ),
+            ));
         }
-        let parsed: TokenResponse =
-            serde_json::from_str(&body).map_err(|e| fatal(format!("OAuth token response: {e}")))?;
+        let parsed: TokenResponse = serde_json::from_str(&body)
+            .map_err(|e| fatal("oauth", format!("OAuth token response: {e}")))?;
         if parsed.access_token.is_empty() {
-            return Err(fatal("OAuth token response without access_token"));
+            return Err(fatal("oauth", "OAuth token response without access_token"));
         }
         let authorization = HeaderValue::from_str(&format!("Bearer {}", parsed.access_token))
-            .map_err(|_| fatal("the OAuth access token is not a header value"))?;
+            .map_err(|_| fatal("oauth", "the OAuth access token is not a header value"))?;
         let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(ASSERTION_LIFETIME_SECS));
         self.fetched.fetch_add(1, Ordering::Relaxed);
         Ok(AccessToken {
@@ -362,15 +352,35 @@ impl Provider for FcmProvider {
         MessageTemplate::new(notice).map(Prepared::new)
     }
 
+    fn backoff(&self, outcome: &SendOutcome) -> Option<Duration> {
+        match outcome {
+            // The project's quota is spent: FCM answers the same to every
+            // send until its window turns.
+            SendOutcome::Retry { code, after, .. } if code == "QUOTA_EXCEEDED" => {
+                Some(after.unwrap_or(Duration::from_secs(1)))
+            }
+            SendOutcome::Retry { after, .. } => *after,
+            _ => None,
+        }
+    }
+
+    fn mixup(&self, code: &str) -> Option<&'static str> {
+        (code == "SENDER_ID_MISMATCH").then_some(
+            "most registration tokens were refused as SENDER_ID_MISMATCH: they belong to \
+             another Firebase project; is [push.fcm] service_account_file the app's \
+             project? no token was deleted",
+        )
+    }
+
     async fn send_prepared(&self, prepared: &Prepared, device: &str) -> SendOutcome {
         if device.is_empty() {
-            return SendOutcome::DeadToken {
-                reason: "empty FCM registration token".into(),
-                since: None,
-            };
+            return SendOutcome::dead("INVALID_ARGUMENT", "empty FCM registration token");
         }
         let Some(template) = prepared.get::<MessageTemplate>() else {
-            return fatal("a notice prepared by another provider was given to FCM");
+            return fatal(
+                "payload",
+                "a notice prepared by another provider was given to FCM",
+            );
         };
         let body = template.body_for(device);
         let token = match self.access_token().await {
@@ -386,19 +396,18 @@ impl Provider for FcmProvider {
                 };
                 match self.post(body, &token).await {
                     Answer::Done(outcome) => outcome,
-                    Answer::Unauthenticated(reason) => {
-                        fatal(format!("FCM 401 with a fresh access token: {reason}"))
-                    }
+                    Answer::Unauthenticated(reason) => fatal(
+                        "UNAUTHENTICATED",
+                        format!("FCM 401 with a fresh access token: {reason}"),
+                    ),
                 }
             }
         }
     }
 }
 
-fn fatal(reason: impl Into<String>) -> SendOutcome {
-    SendOutcome::Fatal {
-        reason: reason.into(),
-    }
+fn fatal(code: &str, reason: impl Into<String>) -> SendOutcome {
+    SendOutcome::fatal(code, reason)
 }
 
 /// The v1 `messages:send` body of one notice, serialized once and split
@@ -537,6 +546,11 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Answer {
         .iter()
         .find_map(|d| d.error_code.clone())
         .unwrap_or_else(|| error.status.clone());
+    // Google names every refusal; a bare status is a proxy or a mistake.
+    let code = match code.is_empty() {
+        true => format!("http_{}", status.as_u16()),
+        false => code,
+    };
     let reason = if error.message.is_empty() {
         format!("{status} {code} {}", excerpt(body))
     } else {
@@ -549,26 +563,21 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Answer {
         .any(|v| v.field == "message.token");
     let retry = |reason: String| SendOutcome::Retry {
         after: parse_retry_after(headers),
+        code: code.clone(),
         reason,
     };
     let outcome = match code.as_str() {
-        "UNREGISTERED" | "SENDER_ID_MISMATCH" => SendOutcome::DeadToken {
-            reason,
-            since: None,
-        },
+        "UNREGISTERED" | "SENDER_ID_MISMATCH" => SendOutcome::dead(code.clone(), reason),
         // A malformed registration token is as dead as an unregistered one;
         // any other invalid argument is our payload's fault.
-        "INVALID_ARGUMENT" if bad_token_field => SendOutcome::DeadToken {
-            reason,
-            since: None,
-        },
+        "INVALID_ARGUMENT" if bad_token_field => SendOutcome::dead(code.clone(), reason),
         "QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL" => retry(reason),
         // The APNs certificate or key uploaded to Firebase was refused.
-        "THIRD_PARTY_AUTH_ERROR" => fatal(reason),
+        "THIRD_PARTY_AUTH_ERROR" => fatal(&code, reason),
         _ if status == StatusCode::UNAUTHORIZED => return Answer::Unauthenticated(reason),
         _ if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => retry(reason),
         // INVALID_ARGUMENT, PERMISSION_DENIED (403), NOT_FOUND project, ...
-        _ => fatal(format!("FCM {}: {reason}", status.as_u16())),
+        _ => fatal(&code, format!("FCM {}: {reason}", status.as_u16())),
     };
     Answer::Done(outcome)
 }

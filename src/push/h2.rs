@@ -15,14 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use super::dial;
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{HeaderMap, Request, StatusCode, Uri};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// Longest response body read (provider answers are a few hundred bytes).
@@ -58,39 +56,41 @@ impl Answered {
     }
 }
 
-/// Why a request got no answer. Both are transient for a push send.
+/// Why a request got no answer: a short `code` (counted by jobs and
+/// `/metrics`) and the words for a person. Transient for a push send.
 #[derive(Debug)]
-pub(crate) enum H2Error {
-    /// No connection could be made (DNS, TCP, TLS, ALPN).
-    Connect(String),
-    /// The request was sent (or may have been) and no full answer came back.
-    Request(String),
+pub(crate) struct H2Error {
+    pub code: &'static str,
+    pub words: String,
 }
 
 impl H2Error {
+    pub fn new(code: &'static str, words: impl Into<String>) -> Self {
+        H2Error {
+            code,
+            words: words.into(),
+        }
+    }
+
+    pub fn transport(e: impl std::fmt::Display) -> Self {
+        H2Error::new("transport", e.to_string())
+    }
+
     /// What a push send that got no answer comes to: try again later.
     pub fn into_retry(self, provider: &str) -> super::SendOutcome {
-        let reason = match self {
-            H2Error::Connect(_) => format!("{provider} unreachable: {self}"),
-            H2Error::Request(_) => format!("{provider}: {self}"),
-        };
-        super::SendOutcome::Retry {
-            after: None,
-            reason,
-        }
+        super::SendOutcome::retry(self.code, format!("{provider}: {}", self.words))
     }
 }
 
 impl std::fmt::Display for H2Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            H2Error::Connect(e) => write!(f, "cannot connect: {e}"),
-            H2Error::Request(e) => write!(f, "{e}"),
-        }
+        f.write_str(&self.words)
     }
 }
 
 pub(crate) struct H2Settings<'a> {
+    /// The provider, for log lines: `APNs`, `FCM`.
+    pub name: &'static str,
     pub base_url: &'a str,
     /// PEM certificates trusted besides the web PKI roots.
     pub extra_roots_pem: Option<&'a [u8]>,
@@ -106,6 +106,7 @@ struct Slot {
 }
 
 pub(crate) struct H2Client {
+    name: &'static str,
     scheme: Scheme,
     authority: Authority,
     /// The base URL's path without its trailing slash (usually empty).
@@ -118,6 +119,9 @@ pub(crate) struct H2Client {
     connect_timeout: Duration,
     request_timeout: Duration,
     connects: AtomicUsize,
+    /// Set by a failed connect, cleared by a good one: one warning per
+    /// burst of failures, not one per send.
+    failing: AtomicBool,
 }
 
 impl H2Client {
@@ -135,7 +139,7 @@ impl H2Client {
             .cloned()
             .ok_or_else(|| anyhow!("base_url {:?} has no host", settings.base_url))?;
         let tls = if scheme == Scheme::HTTPS {
-            Some(tls_connector(settings.extra_roots_pem)?)
+            Some(dial::tls_connector(settings.extra_roots_pem, &[b"h2"])?)
         } else if scheme == Scheme::HTTP {
             None
         } else {
@@ -152,6 +156,7 @@ impl H2Client {
             })
             .collect();
         Ok(H2Client {
+            name: settings.name,
             scheme,
             authority,
             base_path: uri.path().trim_end_matches('/').to_owned(),
@@ -163,6 +168,7 @@ impl H2Client {
             connect_timeout: settings.connect_timeout,
             request_timeout: settings.request_timeout,
             connects: AtomicUsize::new(0),
+            failing: AtomicBool::new(false),
         })
     }
 
@@ -208,10 +214,10 @@ impl H2Client {
     async fn send(&self, request: Request<()>, body: Bytes) -> Result<Answered, H2Error> {
         match tokio::time::timeout(self.request_timeout, self.exchange(request, body)).await {
             Ok(answer) => answer,
-            Err(_) => Err(H2Error::Request(format!(
-                "no answer within {} s",
-                self.request_timeout.as_secs()
-            ))),
+            Err(_) => Err(H2Error::new(
+                "timeout",
+                format!("no answer within {} s", self.request_timeout.as_secs()),
+            )),
         }
     }
 
@@ -229,27 +235,25 @@ impl H2Client {
                     .clone()
                     .ready()
                     .await
-                    .map_err(|e| H2Error::Request(e.to_string()))?
+                    .map_err(H2Error::transport)?
             }
         };
         let (response, mut stream) = sender
             .send_request(request, false)
-            .map_err(|e| H2Error::Request(e.to_string()))?;
-        stream
-            .send_data(body, true)
-            .map_err(|e| H2Error::Request(e.to_string()))?;
-        let response = response
-            .await
-            .map_err(|e| H2Error::Request(e.to_string()))?;
+            .map_err(H2Error::transport)?;
+        stream.send_data(body, true).map_err(H2Error::transport)?;
+        let response = response.await.map_err(H2Error::transport)?;
         let (parts, mut body) = response.into_parts();
         let mut read = Vec::new();
         while let Some(chunk) = body.data().await {
-            let chunk = chunk.map_err(|e| H2Error::Request(format!("response cut off: {e}")))?;
+            let chunk =
+                chunk.map_err(|e| H2Error::new("transport", format!("response cut off: {e}")))?;
             let _ = body.flow_control().release_capacity(chunk.len());
             if read.len() + chunk.len() > MAX_RESPONSE_BODY {
-                return Err(H2Error::Request(format!(
-                    "response body over {MAX_RESPONSE_BODY} bytes"
-                )));
+                return Err(H2Error::new(
+                    "transport",
+                    format!("response body over {MAX_RESPONSE_BODY} bytes"),
+                ));
             }
             read.extend_from_slice(&chunk);
         }
@@ -278,19 +282,33 @@ impl H2Client {
         if let Some(live) = self.live(slot) {
             return Ok(live); // another send connected while we waited
         }
-        let conn = tokio::time::timeout(self.connect_timeout, self.connect())
-            .await
-            .map_err(|_| {
-                H2Error::Connect(format!(
-                    "{}:{} did not answer within {} s",
+        let conn = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(self.failed(e)),
+            Err(_) => {
+                let words = format!(
+                    "cannot connect: {}:{} did not answer within {} s",
                     self.host,
                     self.port,
                     self.connect_timeout.as_secs()
-                ))
-            })?
-            .map_err(|e| H2Error::Connect(format!("{e:#}")))?;
+                );
+                return Err(self.failed(H2Error::new("connect_timeout", words)));
+            }
+        };
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(provider = self.name, host = %self.host, "connected to the provider again");
+        }
         *slot.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// A failed connect: warned about once per burst (sends retry, and
+    /// every one would log the same line).
+    fn failed(&self, e: H2Error) -> H2Error {
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(provider = self.name, code = e.code, error = %e, "cannot connect to the provider; sends are retried and failures counted in their jobs");
+        }
+        e
     }
 
     fn live(&self, slot: &Slot) -> Option<Conn> {
@@ -312,21 +330,23 @@ impl H2Client {
         }
     }
 
-    async fn connect(&self) -> anyhow::Result<Conn> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .with_context(|| format!("TCP to {}:{}", self.host, self.port))?;
-        tcp.set_nodelay(true)?;
+    async fn connect(&self) -> Result<Conn, H2Error> {
+        let tcp = dial::tcp(&self.host, self.port).await?;
         let conn = match &self.tls {
             Some(tls) => {
-                let name = ServerName::try_from(self.host.clone())
-                    .with_context(|| format!("{:?} is not a TLS server name", self.host))?;
-                let stream = tls
-                    .connect(name, tcp)
-                    .await
-                    .with_context(|| format!("TLS with {}", self.host))?;
-                if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
-                    bail!("{} does not speak HTTP/2 (ALPN h2)", self.host);
+                let stream = dial::tls(tls, &self.host, tcp).await?;
+                let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                if alpn.as_deref() != Some(b"h2") {
+                    let spoke = alpn.map_or("no protocol".to_owned(), |p| {
+                        String::from_utf8_lossy(&p).into_owned()
+                    });
+                    return Err(H2Error::new(
+                        "not_http2",
+                        format!(
+                            "{}:{} does not speak HTTP/2 (it chose {spoke} over TLS); the provider API needs HTTP/2: check base_url",
+                            self.host, self.port
+                        ),
+                    ));
                 }
                 self.handshake(stream).await?
             }
@@ -338,7 +358,7 @@ impl H2Client {
 
     /// HTTP/2 over `io`; the connection runs in its own task, which PINGs
     /// it every [`KEEP_ALIVE`] and drops it when a PONG is late.
-    async fn handshake<T>(&self, io: T) -> anyhow::Result<Conn>
+    async fn handshake<T>(&self, io: T) -> Result<Conn, H2Error>
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -347,7 +367,13 @@ impl H2Client {
             .initial_connection_window_size(4 << 20)
             .handshake::<_, Bytes>(io)
             .await
-            .with_context(|| format!("HTTP/2 handshake with {}", self.host))?;
+            .map_err(|e| {
+                let words = format!(
+                    "HTTP/2 handshake with {}:{} failed: {e}",
+                    self.host, self.port
+                );
+                H2Error::new("not_http2", words)
+            })?;
         let mut ping = connection.ping_pong().expect("taken once, here");
         let closed = Arc::new(AtomicBool::new(false));
         let (host, done) = (self.host.clone(), closed.clone());
@@ -374,32 +400,6 @@ impl H2Client {
         });
         Ok(Conn { sender, closed })
     }
-}
-
-fn tls_connector(extra_roots_pem: Option<&[u8]>) -> anyhow::Result<TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(pem) = extra_roots_pem {
-        let mut added = 0;
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.context("ca_file is not PEM certificates")?;
-            roots
-                .add(cert)
-                .context("ca_file holds a certificate that cannot be a trust root")?;
-            added += 1;
-        }
-        if added == 0 {
-            bail!("ca_file holds no PEM certificate");
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 #[cfg(test)]
@@ -431,6 +431,7 @@ mod tests {
 
     fn client(addr: std::net::SocketAddr, connections: usize) -> H2Client {
         H2Client::new(&H2Settings {
+            name: "test",
             base_url: &format!("http://{addr}/base/"),
             extra_roots_pem: None,
             connections,
@@ -492,6 +493,6 @@ mod tests {
             .local_addr()
             .unwrap();
         let err = get(&client(addr, 1), "/").await.err().unwrap();
-        assert!(matches!(err, H2Error::Connect(_)), "{err}");
+        assert_eq!(err.code, "connect_refused", "{err}");
     }
 }

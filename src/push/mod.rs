@@ -21,8 +21,10 @@
 //!   further send would hit too: stop the job, alert, keep the tokens.
 
 pub mod apns;
+mod dial;
 pub mod fcm;
 mod h2;
+mod oneshot;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -197,7 +199,11 @@ pub fn collapse_id_for(product: &str) -> String {
     }
 }
 
-/// What became of one send.
+/// What became of one send. Every failure carries a `code`, short and
+/// stable (the provider's own reason such as `BadDeviceToken` or
+/// `QUOTA_EXCEEDED`, or ours for the transport: `tls_untrusted`,
+/// `connect_refused`, `not_http2`, `timeout`...), which jobs and `/metrics`
+/// count by, and a `reason` in words for the person reading the job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SendOutcome {
     /// Accepted by the provider; `id` is its message id (`apns-id`, FCM `name`).
@@ -206,6 +212,7 @@ pub enum SendOutcome {
     /// [`SendOutcome::should_delete_token`]). `since` is when the provider
     /// says it stopped being valid (APNs 410 `timestamp`), when it says so.
     DeadToken {
+        code: String,
         reason: String,
         since: Option<DateTime<Utc>>,
     },
@@ -213,16 +220,60 @@ pub enum SendOutcome {
     /// (the provider's `Retry-After`) when given.
     Retry {
         after: Option<Duration>,
+        code: String,
         reason: String,
     },
     /// Payload or credential error: every send would fail the same way. Stop
     /// the job and alert; keep the tokens.
-    Fatal { reason: String },
+    Fatal { code: String, reason: String },
 }
 
 impl SendOutcome {
+    pub fn dead(code: impl Into<String>, reason: impl Into<String>) -> Self {
+        SendOutcome::DeadToken {
+            code: code.into(),
+            reason: reason.into(),
+            since: None,
+        }
+    }
+
+    pub fn retry(code: impl Into<String>, reason: impl Into<String>) -> Self {
+        SendOutcome::Retry {
+            after: None,
+            code: code.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn fatal(code: impl Into<String>, reason: impl Into<String>) -> Self {
+        SendOutcome::Fatal {
+            code: code.into(),
+            reason: reason.into(),
+        }
+    }
+
     pub fn is_sent(&self) -> bool {
         matches!(self, SendOutcome::Sent { .. })
+    }
+
+    /// The failure's short name; `None` when sent.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            SendOutcome::Sent { .. } => None,
+            SendOutcome::DeadToken { code, .. }
+            | SendOutcome::Retry { code, .. }
+            | SendOutcome::Fatal { code, .. } => Some(code),
+        }
+    }
+
+    /// The failure in words; `None` when sent.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            SendOutcome::Sent { .. } => None,
+            SendOutcome::DeadToken { reason, .. }
+            | SendOutcome::Retry { reason, .. }
+            | SendOutcome::Fatal { reason, .. } => Some(reason),
+        }
     }
 
     /// Whether a dead-token answer means the subscription must go, given
@@ -254,11 +305,30 @@ pub trait Provider: Send + Sync {
     /// returns an error: every failure is classified into a [`SendOutcome`].
     async fn send_prepared(&self, prepared: &Prepared, token: &str) -> SendOutcome;
 
+    /// When most of a job's first answers are dead tokens with `code`, the
+    /// likely configuration mistake, in words (APNs `BadDeviceToken`: the
+    /// sandbox/production mix-up). The fan-out then stops the job and
+    /// deletes none of those tokens.
+    fn mixup(&self, code: &str) -> Option<&'static str> {
+        let _ = code;
+        None
+    }
+
+    /// How long every send to this provider should wait after `outcome`,
+    /// when it says the provider itself (not one device) wants quiet: a
+    /// `Retry-After` on a 5xx or a quota answer.
+    fn backoff(&self, outcome: &SendOutcome) -> Option<Duration> {
+        match outcome {
+            SendOutcome::Retry { after, .. } => *after,
+            _ => None,
+        }
+    }
+
     /// Prepare and send one message.
     async fn send(&self, msg: &PushMessage) -> SendOutcome {
         match self.prepare(&msg.notice) {
             Ok(prepared) => self.send_prepared(&prepared, &msg.token).await,
-            Err(reason) => SendOutcome::Fatal { reason },
+            Err(reason) => SendOutcome::fatal("payload", reason),
         }
     }
 }
@@ -329,7 +399,7 @@ where
     match provider.prepare(&msg.notice) {
         Ok(prepared) => send_prepared_with_retry(provider, &prepared, &msg.token, policy).await,
         Err(reason) => Delivery {
-            outcome: SendOutcome::Fatal { reason },
+            outcome: SendOutcome::fatal("payload", reason),
             attempts: 0,
         },
     }
@@ -367,9 +437,9 @@ where
 }
 
 /// `Retry-After`: delay-seconds or an HTTP-date.
-pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn parse_retry_after(headers: &hyper::header::HeaderMap) -> Option<Duration> {
     let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
+        .get(hyper::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim();
@@ -490,6 +560,7 @@ mod tests {
     fn retry(after: Option<u64>) -> SendOutcome {
         SendOutcome::Retry {
             after: after.map(Duration::from_secs),
+            code: "test".into(),
             reason: "test".into(),
         }
     }
@@ -542,13 +613,8 @@ mod tests {
     async fn dead_and_fatal_are_not_retried() {
         tokio::time::pause();
         for outcome in [
-            SendOutcome::DeadToken {
-                reason: "Unregistered".into(),
-                since: None,
-            },
-            SendOutcome::Fatal {
-                reason: "PayloadTooLarge".into(),
-            },
+            SendOutcome::dead("Unregistered", "Unregistered"),
+            SendOutcome::fatal("PayloadTooLarge", "APNs 413 PayloadTooLarge"),
         ] {
             let provider = Scripted::new([outcome.clone(), retry(None)]);
             let start = tokio::time::Instant::now();
@@ -625,22 +691,20 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         let dead = SendOutcome::DeadToken {
+            code: "Unregistered".into(),
             reason: "Unregistered".into(),
             since: Some(since),
         };
         assert!(dead.should_delete_token(since - chrono::Duration::days(1)));
         assert!(!dead.should_delete_token(since + chrono::Duration::seconds(1)));
-        let undated = SendOutcome::DeadToken {
-            reason: "BadDeviceToken".into(),
-            since: None,
-        };
+        let undated = SendOutcome::dead("BadDeviceToken", "BadDeviceToken");
         assert!(undated.should_delete_token(Utc::now()));
         assert!(!SendOutcome::Sent { id: None }.should_delete_token(since));
     }
 
     #[test]
     fn retry_after_parses_seconds_and_dates() {
-        let mut h = reqwest::header::HeaderMap::new();
+        let mut h = hyper::header::HeaderMap::new();
         assert_eq!(parse_retry_after(&h), None);
         h.insert("retry-after", "7".parse().unwrap());
         assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(7)));

@@ -683,16 +683,7 @@ async fn releases_and_rollout_state_survive_a_restart() {
     app.publish(&Rel::new("P", "1.1.0", 1, &fw), 100.0).await;
     app.patch("P", "1.1.0", json!({"paused": true})).await;
     let app = app.restart().await;
-    let list: Value = app
-        .client
-        .get(format!("{}/v1/admin/releases", app.url))
-        .bearer_auth(PUBLISHER_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = app.admin_get("/v1/admin/releases").await;
     assert_eq!(list["releases"][0]["paused"], true);
     assert_eq!(offered_version(&app.check("P", "1.0.0").await), None);
     app.patch("P", "1.1.0", json!({"paused": false})).await;

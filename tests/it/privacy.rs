@@ -2,8 +2,10 @@
 //! never leave memory (logs at trace level, /metrics, every Redis key, data
 //! and blob files), no answer sets a cookie, push tokens leave no trace once
 //! unsubscribed, dead or idle, secrets stay out of logs and `Debug`, and every
-//! admin action is audited. Every scan must also find planted decoys, so a
-//! scanner that finds nothing cannot pass.
+//! admin action is audited. Issue #18: thousands of checks and install
+//! reports from as many addresses leave counts only, no address or prefix.
+//! Every scan must also find planted decoys, so a scanner that finds nothing
+//! cannot pass.
 
 use crate::support;
 
@@ -110,6 +112,7 @@ async fn app_traffic(url: &str, from: IpAddr, xff: Option<&str>, push: (&str, &s
     let batch = json!({"items": [{"product": "Buds", "version": "1.0.0"},
         {"product": "Case", "version": "0.1.0", "channel": "beta"}]});
     let sub = json!({"provider": provider, "token": token, "products": ["Buds"], "locale": "de"});
+    let yesterday = format!("/v1/updates/Buds/1.0.0?last_day={}", today() - 1);
     let mut reqs = vec![
         (
             M::GET,
@@ -120,6 +123,8 @@ async fn app_traffic(url: &str, from: IpAddr, xff: Option<&str>, push: (&str, &s
         (M::POST, "/v1/updates", batch, 200),
         (M::GET, "/v1/artifacts/Buds/2.0.0", Value::Null, 200),
         (M::GET, "/v1/artifacts/Buds/2.0.0", json!("bytes=3-9"), 206),
+        (M::GET, &yesterday, Value::Null, 200),
+        (M::POST, "/v1/reports", report(leave), 202),
         (M::GET, "/v1/keys", Value::Null, 200),
         (M::GET, "/v1/updates/Buds/not-a-version", Value::Null, 400),
         (M::POST, "/v1/push/subscriptions", sub, 200),
@@ -140,6 +145,68 @@ async fn app_traffic(url: &str, from: IpAddr, xff: Option<&str>, push: (&str, &s
         }
         send(req, want).await.bytes().await.unwrap();
     }
+}
+
+fn today() -> i64 {
+    chrono::Utc::now().timestamp().div_euclid(86_400)
+}
+
+/// An install report for Buds 2.0.0, as the client library sends it.
+fn report(failed: bool) -> Value {
+    match failed {
+        true => json!({"product": "Buds", "from": "1.0.0", "to": "2.0.0",
+            "outcome": "failed", "stage": "verify", "code": "E_HASH"}),
+        false => json!({"product": "Buds", "from": "1.0.0", "to": "2.0.0", "outcome": "installed"}),
+    }
+}
+
+/// The fleet, through the trusted proxy: `n` clients (one in five IPv4,
+/// the others each in an IPv6 /64 of its own), each checking once (without `last_day`,
+/// with yesterday's or with today's, by turns) and reporting once.
+/// Returns the addresses and the needles of their prefixes.
+async fn fleet_traffic(url: &str, n: usize) -> (Vec<IpAddr>, Vec<Needle>) {
+    let fleet: Vec<IpAddr> = (0..n)
+        .map(|i| match i % 5 {
+            0 => IpAddr::from([198, 18, (i / 250) as u8, (i % 250) as u8 + 1]),
+            _ => format!("2001:db8:5eed:{i:x}::{:x}", i % 40 + 1)
+                .parse()
+                .unwrap(),
+        })
+        .collect();
+    let c = reqwest::Client::new();
+    let mut running = tokio::task::JoinSet::new();
+    for (i, ip) in fleet.iter().enumerate() {
+        let last_day = [String::new(), format!("?last_day={}", today() - 1)]
+            .into_iter()
+            .chain([format!("?last_day={}", today())])
+            .nth(i % 3)
+            .unwrap();
+        let check = c.get(format!("{url}/v1/updates/Buds/1.0.0{last_day}"));
+        let rep = c
+            .post(format!("{url}/v1/reports"))
+            .json(&report(i % 50 == 0));
+        let xff = format!("{ip}, 127.0.0.1");
+        running.spawn(async move {
+            send(check.header("x-forwarded-for", &xff), 200).await;
+            send(rep.header("x-forwarded-for", &xff), 202).await;
+        });
+        if running.len() >= 16 {
+            running.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(done) = running.join_next().await {
+        done.unwrap();
+    }
+    let prefixes = vec![
+        needle("fleet IPv4 prefix", "198.18.", Edge::Raw),
+        needle("fleet IPv6 prefix", "2001:db8:5eed:", Edge::Raw),
+        needle(
+            "fleet IPv6 prefix",
+            [0x20, 0x01, 0x0d, 0xb8, 0x5e, 0xed],
+            Edge::Raw,
+        ),
+    ];
+    (fleet, prefixes)
 }
 
 fn admin(s: &TestServer, m: M, path: &str, body: Value) -> RequestBuilder {
@@ -198,6 +265,9 @@ async fn notify_and_cancel(s: &TestServer) -> Vec<&'static str> {
     vec!["release.notify", "release.notify", "job.cancel"]
 }
 
+/// Addresses of the fleet that checks and reports through the proxy.
+const FLEET: usize = 1500;
+
 #[derive(PartialEq)]
 enum Run {
     Redis,
@@ -215,7 +285,8 @@ async fn privacy_run(run: Run) {
         format!("[state]\nbackend = \"redis\"\nredis_url = \"{u}\"\nredis_prefix = \"privacy\"\n")
     });
     let proxies = ("FIRMCAST__SERVER__TRUSTED_PROXIES", "[\"127.0.0.1/32\"]");
-    let mut envs = vec![("RUST_LOG", "trace"), proxies];
+    let flush = ("FIRMCAST__ROLLOUT__FLUSH_INTERVAL_SECS", "1");
+    let mut envs = vec![("RUST_LOG", "trace"), proxies, flush];
     let mut sources: Vec<IpAddr> = (2..=60).map(|i| IpAddr::from([127, 0, 0, i])).collect();
     let mut decoy_ip = IpAddr::from([127, 0, 0, 99]);
     if run == Run::Ipv6 {
@@ -286,6 +357,43 @@ async fn privacy_run(run: Run) {
             assert!(Instant::now() < deadline, "the idle token was not swept");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    let mut reports = sources.len();
+    if run != Run::Ipv6 {
+        reports += forwarded.len() + FLEET;
+        let (fleet, prefixes) = fleet_traffic(&server.url, FLEET).await;
+        needles.extend(prefixes);
+        for ip in fleet {
+            // Four random bytes match somewhere in megabytes of signatures
+            // and hashes by chance; IPv4 raw octets are held to the test by
+            // the direct clients above, the fleet's IPv6 ones here.
+            let forms = ip_needles(&format!("fleet {ip}"), ip).into_iter();
+            needles.extend(forms.filter(|n| ip.is_ipv6() || !matches!(n.2, Edge::Raw)));
+        }
+    }
+    // The counts were made and flushed: the scans below see them stored.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = send_json(
+            admin(&server, M::GET, "/v1/admin/stats/Buds", Value::Null),
+            200,
+        );
+        let rep = stats.await["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == "2.0.0")
+            .unwrap()["reports"]
+            .clone();
+        let counted = rep["installed"].as_u64().unwrap() + rep["failed"].as_u64().unwrap();
+        if counted == reports as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{counted} of {reports} reports counted: {rep}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     audited.extend(notify_and_cancel(&server).await);
     let c = reqwest::Client::new();
@@ -388,10 +496,17 @@ async fn privacy_run(run: Run) {
         .unwrap();
     expect_only(&files_under(Path::new(&dir[1])), &needles, &planted);
     planted.extend(kept);
-    expect_only(
-        &redis_dump(&mut c).await,
-        &[needles, store_needles].concat(),
-        &planted,
+    let dump = redis_dump(&mut c).await;
+    expect_only(&dump, &[needles, store_needles].concat(), &planted);
+    // Counts only: a record per client, even a hashed one, would make
+    // thousands of keys or fields where a few dozen hold every count.
+    let stats = dump.iter().filter(|(key, _)| key.contains("{stats}"));
+    let (keys, items) = stats.fold((0, 0), |(k, n), (_, bytes)| {
+        (k + 1, n + bytes.split(|b| *b == b'\n').count())
+    });
+    assert!(
+        keys > 0 && items < FLEET / 10,
+        "{keys} stats keys holding {items} items after {FLEET} clients"
     );
 }
 

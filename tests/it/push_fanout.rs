@@ -96,15 +96,7 @@ async fn notify(app: &TestApp, product: &str, version: &str, body: Value) -> req
 }
 
 async fn job(app: &TestApp, id: &str) -> Value {
-    app.client
-        .get(format!("{}/v1/admin/jobs/{id}", app.url))
-        .bearer_auth(PUBLISHER_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.admin_get(&format!("/v1/admin/jobs/{id}")).await
 }
 
 async fn wait_done(app: &TestApp, id: &str) -> Value {
@@ -373,7 +365,13 @@ async fn credential_errors_stop_the_job_and_keep_tokens() {
         .to_owned();
     let j = wait_done(&app, &id).await;
     assert_eq!(j["state"], "failed", "{j}");
-    assert!(j["reason"].as_str().unwrap().contains("fcm"), "{j}");
+    assert!(
+        j["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("FCM: THIRD_PARTY_AUTH_ERROR"),
+        "{j}"
+    );
     assert_eq!(j["removed"], 0, "{j}");
     // The first answer stops the job: what was already in flight, and no
     // later send, let alone a later batch.

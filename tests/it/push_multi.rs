@@ -1,10 +1,11 @@
 //! Fan-out across instances on one Redis: two `firmcast serve` processes
 //! share one job's batches, and a killed instance's batch is finished by the
-//! other with nobody missed; Redis killed and restarted mid-job loses no one.
+//! other with nobody missed; Redis killed and restarted mid-job loses no one;
+//! two instances paced together keep within a provider's quota.
 
 use crate::support;
 
-use firmcast_push_fakes::fcm::{FcmFake, FcmFault};
+use firmcast_push_fakes::fcm::{FcmFake, FcmFault, FcmOptions};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use support::cli::firmcast;
@@ -21,6 +22,17 @@ struct Setup {
 /// of the shared Redis, or of `redis_url`.
 async fn setup(instances: usize, in_flight: usize, redis_url: Option<&str>) -> Setup {
     let fcm = FcmFake::start().await.unwrap();
+    setup_with(fcm, instances, in_flight, redis_url, "max_per_second = 0").await
+}
+
+/// [`setup`] with this fake and `fcm_extra` lines in `[push.fcm]`.
+async fn setup_with(
+    fcm: FcmFake,
+    instances: usize,
+    in_flight: usize,
+    redis_url: Option<&str>,
+    fcm_extra: &str,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     firmcast(d, &["keys", "init", "--dir", "keys"]).ok();
@@ -45,6 +57,7 @@ stale_batch_secs = 2
 enabled = true
 base_url = "{fcm}"
 service_account_file = "fcm.json"
+{fcm_extra}
 {entry}
 [limits]
 per_ip_rps = 0
@@ -268,4 +281,54 @@ async fn redis_killed_and_restarted_mid_job_loses_nobody() {
         during < n,
         "Redis died before the job could finish ({during} sends)"
     );
+}
+
+/// Issue 17: FCM allows 500 sends a second (429 QUOTA_EXCEEDED past it);
+/// two instances paced at 500/s together finish with exact counters, every
+/// token reached once, and fewer than 1% of sends answered 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_paced_together_keep_within_the_quota() {
+    let n = 3000; // six batches, six seconds at 500/s
+    let quota = FcmOptions {
+        max_per_second: Some(500),
+        ..FcmOptions::default()
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let fcm = FcmFake::start_with(addr, quota).await.unwrap();
+    let s = setup_with(fcm, 2, 64, None, "max_per_second = 500").await;
+    let a = ServeProcess::start(s.dir.path(), "i0.toml", &[]);
+    let b = ServeProcess::start(s.dir.path(), "i1.toml", &[]);
+    prepare(&s, &a.url, n).await;
+    let started = Instant::now();
+    let id = notify(&s, &a.url).await;
+    let j = wait_done(&s, &b.url, &id, Duration::from_secs(120)).await;
+    let took = started.elapsed();
+    assert_eq!(j["state"], "done", "{j}");
+    assert_eq!(
+        (
+            j["total"].as_u64(),
+            j["sent"].as_u64(),
+            j["failed"].as_u64()
+        ),
+        (Some(n as u64), Some(n as u64), Some(0)),
+        "{j}"
+    );
+    for i in 0..n {
+        assert_eq!(s.fcm.delivered_to(&fcm_token(i)), 1, "token {i}");
+    }
+    let refused = s.fcm.quota_rejections();
+    assert!(
+        refused * 100 < n,
+        "{refused} of {n} sends answered 429 QUOTA_EXCEEDED"
+    );
+    assert!(
+        took >= Duration::from_secs(5),
+        "{n} sends in {took:?}: faster than 500/s, so not paced"
+    );
+    let (ua, ub) = (a.url.clone(), b.url.clone());
+    let (sa, sb) = tokio::task::spawn_blocking(move || (sent_by(&ua), sent_by(&ub)))
+        .await
+        .unwrap();
+    assert!(sa > 0 && sb > 0, "both instances sent: {sa} + {sb}");
+    assert!(j["per_second"].as_f64().unwrap() <= 500.0, "{j}");
 }

@@ -121,7 +121,7 @@ fn assert_retry(outcome: &SendOutcome, after: Option<u64>) {
 
 fn assert_fatal(outcome: &SendOutcome, reason_part: &str) {
     match outcome {
-        SendOutcome::Fatal { reason } if reason.contains(reason_part) => {}
+        SendOutcome::Fatal { reason, .. } if reason.contains(reason_part) => {}
         other => panic!("expected Fatal ({reason_part}), got {other:?}"),
     }
 }
@@ -200,6 +200,7 @@ async fn apns_410_unregistered_is_a_dead_token_with_its_timestamp() {
     assert_eq!(
         outcome,
         SendOutcome::DeadToken {
+            code: "Unregistered".into(),
             reason: "Unregistered".into(),
             since: Some(dead_at)
         }

@@ -72,7 +72,7 @@ mod on_redis {
     use firmcast::fanout::redis::RedisPushStore;
     use firmcast::fanout::store::member_key;
     use firmcast::fanout::PushError;
-    use firmcast::fanout::{JobCounters, JobState, ProviderKind, PushStore};
+    use firmcast::fanout::{JobCounters, JobDelta, JobState, ProviderKind, PushStore};
     use redis::Commands;
 
     use crate::push_conformance;
@@ -108,6 +108,9 @@ mod on_redis {
             counters: JobCounters::default(),
             batches_total: 1,
             batches_done: 0,
+            finished_at: None,
+            failures: Default::default(),
+            checked: vec![],
         };
         store.put_job(&job).await.unwrap();
         let member = member_key(s.provider, &s.token);
@@ -175,10 +178,8 @@ mod on_redis {
             .hmget(format!("{p}:{{fanout}}:job:j1"), &["batches_done", "sent"])
             .unwrap();
         assert_eq!(counters, ["0", "0"]);
-        let delta = JobCounters {
-            sent: 7,
-            ..JobCounters::default()
-        };
+        let mut delta = JobDelta::default();
+        delta.counters.sent = 7;
         store.complete(&claimed, &delta).await.unwrap().unwrap();
         let counters: Vec<String> = r
             .hmget(format!("{p}:{{fanout}}:job:j1"), &["batches_done", "sent"])
@@ -343,7 +344,7 @@ mod on_redis {
         check!(store.set_job_state("j", JobState::Done));
         check!(store.enqueue(&claimed.batch));
         check!(store.claim("w", Duration::from_secs(1)));
-        check!(store.complete(&claimed, &JobCounters::default()));
+        check!(store.complete(&claimed, &JobDelta::default()));
     }
 
     #[tokio::test]

@@ -73,6 +73,14 @@ pub struct ApnsOptions {
     pub topic: String,
     /// Largest accepted payload (Apple: 4096 bytes for alerts).
     pub max_payload: usize,
+    /// Hold every request to `/3/device/{token}` this long before looking
+    /// at it (on top of any scripted [`ApnsFault::Delay`]): a slow provider,
+    /// so a batch of sends takes long. Zero: answer at once.
+    pub answer_delay: Duration,
+    /// Never negotiate `h2`: ALPN `http/1.1` when offered, else none, and
+    /// every HTTP/1.1 request answered 505. A misconfigured endpoint (a
+    /// proxy without HTTP/2), which a client that needs h2 must give up on.
+    pub http1_only: bool,
 }
 
 impl Default for ApnsOptions {
@@ -82,6 +90,8 @@ impl Default for ApnsOptions {
             key_id: "KEY0000001".to_owned(),
             topic: "com.example.firmcast".to_owned(),
             max_payload: 4096,
+            answer_delay: Duration::ZERO,
+            http1_only: false,
         }
     }
 }
@@ -217,16 +227,23 @@ impl ApnsFake {
     pub async fn start_with(addr: SocketAddr, options: ApnsOptions) -> std::io::Result<Self> {
         let ca = TestCa::generate();
         let key = ApnsKey::generate();
+        let mode = if options.http1_only {
+            Mode::Http1OverTls {
+                http1: ca.server_config(&[b"http/1.1"]),
+                plain: ca.server_config(&[]),
+            }
+        } else {
+            Mode::Http2OverTls(tokio_rustls::TlsAcceptor::from(ca.server_config(&[b"h2"])))
+        };
         let shared = Arc::new(Shared {
             options,
             public_key: key.public_key().to_vec(),
             state: Mutex::new(State::default()),
         });
-        let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(&[b"h2"]));
         let listener = TcpListener::bind(addr).await?;
         let handler_shared = shared.clone();
         let handler: Handler = Arc::new(move |req| handle(&handler_shared, req));
-        let server = server::spawn(listener, Mode::Http2OverTls(acceptor), handler)?;
+        let server = server::spawn(listener, mode, handler)?;
         Ok(ApnsFake {
             server,
             ca,

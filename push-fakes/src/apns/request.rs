@@ -116,12 +116,19 @@ pub(super) fn handle(shared: &Arc<Shared>, req: Req) -> Reply {
     state.requests.push(token_span);
 
     // A scripted delay holds the request before anything is checked, like
-    // a slow network: a provider token may expire meanwhile.
+    // a slow network: a provider token may expire meanwhile. A slow
+    // provider (`answer_delay`) holds every request the same way.
     let delay = match state.fault(token, |f| matches!(f, ApnsFault::Delay(_))) {
         Some(ApnsFault::Delay(d)) => Some(d),
         _ => None,
     };
     drop(state);
+    let answer_delay = shared.options.answer_delay;
+    let delay = if answer_delay.is_zero() {
+        delay
+    } else {
+        Some(delay.unwrap_or_default() + answer_delay)
+    };
     match delay {
         None => Reply::Now(check(shared, &req, apns_id, token_span)),
         Some(delay) => {

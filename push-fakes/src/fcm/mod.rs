@@ -77,6 +77,14 @@ pub struct FcmOptions {
     pub client_email: String,
     /// `expires_in` of issued access tokens; they stop working after it.
     pub access_token_ttl: Duration,
+    /// The project's send quota: at most this many `messages:send` per
+    /// wall-clock second, the rest answered 429 `QUOTA_EXCEEDED` with
+    /// `Retry-After: 1`, so pacing across instances meets a real limit.
+    /// `None`: unlimited, and no quota bookkeeping at all.
+    pub max_per_second: Option<u32>,
+    /// Hold every `messages:send` this long before handling it: a slow
+    /// provider, so a batch of sends takes long. Zero: answer at once.
+    pub answer_delay: Duration,
 }
 
 impl Default for FcmOptions {
@@ -85,6 +93,8 @@ impl Default for FcmOptions {
             project_id: "firmcast-test".to_owned(),
             client_email: "firmcast-push@firmcast-test.iam.gserviceaccount.com".to_owned(),
             access_token_ttl: Duration::from_secs(3600),
+            max_per_second: None,
+            answer_delay: Duration::ZERO,
         }
     }
 }
@@ -138,6 +148,37 @@ struct State {
     once: HashMap<String, VecDeque<FcmFault>>,
     always: HashMap<String, FcmFault>,
     next: u64,
+    quota: Quota,
+}
+
+/// The send quota's counter: fixed windows of one wall-clock second, as a
+/// quota service counts (not a sliding window or a token bucket).
+#[derive(Default)]
+struct Quota {
+    /// Unix second of the current window.
+    second: u64,
+    /// Sends admitted in it.
+    used: u32,
+    /// Most sends admitted in any one window.
+    max_used: u32,
+    rejected: usize,
+}
+
+impl Quota {
+    /// Whether one more send fits within `limit` in second `now`.
+    fn admit(&mut self, limit: u32, now: u64) -> bool {
+        if now != self.second {
+            self.second = now;
+            self.used = 0;
+        }
+        if self.used >= limit {
+            self.rejected += 1;
+            return false;
+        }
+        self.used += 1;
+        self.max_used = self.max_used.max(self.used);
+        true
+    }
 }
 
 impl State {
@@ -148,6 +189,17 @@ impl State {
         }
         let once = self.once.get_mut(token).and_then(VecDeque::pop_front);
         once.or_else(|| self.always.get(token).cloned())
+    }
+
+    /// Whether the project's quota (when it has one) admits one more send;
+    /// the clock is read only when there is a quota.
+    fn within_quota(&mut self, limit: Option<u32>) -> bool {
+        let Some(limit) = limit else { return true };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.quota.admit(limit, now)
     }
 }
 
@@ -327,6 +379,19 @@ impl FcmFake {
             .count()
     }
 
+    /// `messages:send` requests refused by [`FcmOptions::max_per_second`].
+    pub fn quota_rejections(&self) -> usize {
+        self.shared.state().quota.rejected
+    }
+
+    /// The most sends the quota admitted within one wall-clock second so
+    /// far: what all senders together achieved against
+    /// [`FcmOptions::max_per_second`]. Always 0 without a quota (nothing is
+    /// counted then).
+    pub fn max_accepted_in_one_second(&self) -> usize {
+        self.shared.state().quota.max_used as usize
+    }
+
     pub fn delivered_with_collapse_key(&self, key: &str) -> usize {
         let state = self.shared.state();
         state
@@ -364,7 +429,21 @@ fn handle(shared: &Arc<Shared>, req: Req) -> Reply {
                     vec![],
                 ));
             }
-            return send(shared, req);
+            let delay = shared.options.answer_delay;
+            if delay.is_zero() {
+                return send(shared, req, false);
+            }
+            // A slow provider: counted on arrival (so a test sees what is in
+            // flight), handled after the delay, like a scripted delay.
+            shared.state().send_requests += 1;
+            let shared = shared.clone();
+            return Reply::Later(Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                match send(&shared, req, true) {
+                    Reply::Now(resp) => resp,
+                    Reply::Later(fut) => fut.await,
+                }
+            }));
         }
     }
     Reply::Now(google_error(
@@ -382,7 +461,10 @@ fn project_of(path: &str) -> &str {
         .unwrap_or_default()
 }
 
-fn send(shared: &Arc<Shared>, req: Req) -> Reply {
+/// One `messages:send`; `counted` when `send_requests` already counted it
+/// (on arrival, before a delay); else it is counted here, under the lock
+/// authentication takes anyway.
+fn send(shared: &Arc<Shared>, req: Req, counted: bool) -> Reply {
     let bearer = req
         .header(AUTHORIZATION)
         .and_then(|a| {
@@ -393,7 +475,9 @@ fn send(shared: &Arc<Shared>, req: Req) -> Reply {
         .unwrap_or_default();
     let authenticated = {
         let mut state = shared.state();
-        state.send_requests += 1;
+        if !counted {
+            state.send_requests += 1;
+        }
         state.authenticated(bearer)
     };
     if !authenticated {
@@ -417,6 +501,11 @@ fn send(shared: &Arc<Shared>, req: Req) -> Reply {
         Ok(Some(accepted)) => accepted,
         Ok(None) => {
             // Topic and condition sends: accepted, not counted per token.
+            if shared.options.max_per_second.is_some()
+                && !shared.state().within_quota(shared.options.max_per_second)
+            {
+                return Reply::Now(quota_exceeded());
+            }
             let name = format!("projects/{}/messages/0", project_of(req.path()));
             return Reply::Now(json_response(StatusCode::OK, &json!({ "name": name })));
         }
@@ -426,6 +515,11 @@ fn send(shared: &Arc<Shared>, req: Req) -> Reply {
     let mut state = shared.state();
     let span = state.tokens.push(&accepted.token);
     state.requests.push(span);
+    // The project's quota comes before anything scripted for the token.
+    if !state.within_quota(shared.options.max_per_second) {
+        drop(state);
+        return Reply::Now(quota_exceeded());
+    }
     match state.fault(&accepted.token) {
         None => Reply::Now(deliver(shared, state, &req.body, &accepted, span)),
         Some(FcmFault::Delay(d)) => {
@@ -446,5 +540,33 @@ fn send(shared: &Arc<Shared>, req: Req) -> Reply {
             drop(state);
             Reply::Now(fault_response(fault))
         }
+    }
+}
+
+/// FCM's answer when the project's send quota is spent.
+fn quota_exceeded() -> server::Resp {
+    fault_response(FcmFault::QuotaExceeded {
+        retry_after: Some(1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Quota;
+
+    #[test]
+    fn fake_fcm_quota_counts_fixed_one_second_windows() {
+        let mut q = Quota::default();
+        assert!((0..3).all(|_| q.admit(3, 100)));
+        assert!(!q.admit(3, 100));
+        assert!(!q.admit(3, 100));
+        // A new second starts a new window, whatever was refused before.
+        assert!(q.admit(3, 101));
+        assert!(q.admit(3, 101));
+        assert_eq!((q.max_used, q.rejected), (3, 2));
+        // A clock stepping back is a new window too, not a stuck one.
+        assert!((0..3).all(|_| q.admit(3, 99)));
+        assert!(!q.admit(3, 99));
+        assert_eq!((q.max_used, q.rejected), (3, 3));
     }
 }

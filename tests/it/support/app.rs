@@ -252,6 +252,13 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET path` as the publisher, the answer's JSON.
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        let r = self.client.get(format!("{}{path}", self.url));
+        let r = r.bearer_auth(PUBLISHER_TOKEN).send().await.unwrap();
+        r.json().await.unwrap()
+    }
+
     pub async fn check(&self, product: &str, version: &str) -> serde_json::Value {
         check_with(&self.client, &self.url, product, version, "stable").await
     }

@@ -14,7 +14,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use firmcast::fanout::store::member_key;
 use firmcast::fanout::PushError;
-use firmcast::fanout::{Batch, Job, JobCounters, JobState, ProviderKind, PushStore, Subscription};
+use firmcast::fanout::{
+    Batch, Failures, Job, JobCounters, JobDelta, JobState, ProviderKind, PushStore, Subscription,
+};
 
 use super::state_suite::{instant, redis_url, unique_prefix, RedisKeys};
 
@@ -35,6 +37,8 @@ macro_rules! push_conformance {
             queue_is_fifo_and_holds_claimed_batches,
             enqueue_all_queues_in_order_after_earlier_batches,
             stale_batch_is_taken_over_and_counted_once,
+            failures_add_up_across_batches_and_final_states_are_timed,
+            a_claim_is_renewed_by_its_owner_only,
         );
         $crate::push_conformance!(@race_tests $make;
             concurrent_consumers_drain_each_batch_once,
@@ -177,6 +181,16 @@ fn job(id: &str, batches_total: u64) -> Job {
         },
         batches_total,
         batches_done: 0,
+        finished_at: None,
+        failures: Default::default(),
+        checked: vec![],
+    }
+}
+
+fn delta(counters: JobCounters) -> JobDelta {
+    JobDelta {
+        counters,
+        ..JobDelta::default()
     }
 }
 
@@ -598,6 +612,17 @@ pub async fn jobs_round_trip(store: Arc<dyn PushStore>) {
         retried: 4,
     };
     b.batches_done = 7;
+    b.finished_at = Some(instant(9));
+    b.failures
+        .count(ProviderKind::Apns, "BadDeviceToken", "", 3);
+    b.failures.count(
+        ProviderKind::Fcm,
+        "tls_untrusted",
+        "TLS with fcm: \"unknown\" ünïcode",
+        2,
+    );
+    b.checked = vec![ProviderKind::Fcm, ProviderKind::Apns];
+    b.checked.sort();
     store.put_job(&a).await.unwrap();
     store.put_job(&b).await.unwrap();
     assert_eq!(store.get_job(&a.id).await.unwrap(), Some(a.clone()));
@@ -770,7 +795,7 @@ pub async fn queue_is_fifo_and_holds_claimed_batches(store: Arc<dyn PushStore>) 
 
     for (n, c) in claimed.iter().enumerate() {
         let after = store
-            .complete(c, &JobCounters::default())
+            .complete(c, &JobDelta::default())
             .await
             .unwrap()
             .expect("the first completion counts");
@@ -833,14 +858,14 @@ pub async fn stale_batch_is_taken_over_and_counted_once(store: Arc<dyn PushStore
             (&slow, &quick)
         };
         let counted = store
-            .complete(winner, &first)
+            .complete(winner, &delta(first))
             .await
             .unwrap()
             .expect("the first completion counts");
         assert_eq!(counted.counters, plus(j.counters, first));
         assert_eq!(counted.batches_done, 1);
         assert_eq!(
-            store.complete(loser, &second).await.unwrap(),
+            store.complete(loser, &delta(second)).await.unwrap(),
             None,
             "a batch already completed is not counted again"
         );
@@ -886,11 +911,11 @@ async fn drain(
                 if !hold.is_zero() {
                     tokio::time::sleep(hold * (k as u32 % 3)).await;
                 }
-                let delta = JobCounters {
+                let sent = delta(JobCounters {
                     sent: 1,
                     ..JobCounters::default()
-                };
-                if store.complete(&c, &delta).await.unwrap().is_some() {
+                });
+                if store.complete(&c, &sent).await.unwrap().is_some() {
                     counted.lock().unwrap().push(c.batch.first.clone());
                 }
             }
@@ -934,4 +959,79 @@ pub async fn concurrent_takeovers_count_each_batch_once(store: Arc<dyn PushStore
     let after = store.get_job(&j.id).await.unwrap().unwrap();
     assert_eq!(after.counters.sent, N as u64);
     assert_eq!(after.batches_done, N as u64);
+}
+
+pub async fn failures_add_up_across_batches_and_final_states_are_timed(store: Arc<dyn PushStore>) {
+    let j = queue_job(&store, "failing", 2).await;
+    let mut one = delta(JobCounters {
+        failed: 3,
+        sent: 1,
+        ..JobCounters::default()
+    });
+    one.failures
+        .count(ProviderKind::Apns, "tls_untrusted", "TLS: first", 2);
+    one.failures
+        .count(ProviderKind::Fcm, "QUOTA_EXCEEDED", "quota", 1);
+    let mut two = delta(JobCounters {
+        failed: 2,
+        ..JobCounters::default()
+    });
+    two.failures
+        .count(ProviderKind::Apns, "tls_untrusted", "TLS: second", 1);
+    two.failures
+        .count(ProviderKind::Apns, "connect_refused", "", 1);
+    two.checked = vec![ProviderKind::Apns];
+    for d in [&one, &two] {
+        let c = store.claim("w", LONG).await.unwrap().unwrap();
+        store.complete(&c, d).await.unwrap().unwrap();
+    }
+    let stored = store.get_job(&j.id).await.unwrap().unwrap();
+    assert_eq!(stored.counters.failed, 5);
+    let mut want = Failures::default();
+    want.count(ProviderKind::Apns, "tls_untrusted", "", 3);
+    want.count(ProviderKind::Apns, "connect_refused", "TLS: second", 1);
+    want.count(ProviderKind::Fcm, "QUOTA_EXCEEDED", "quota", 1);
+    assert_eq!(stored.failures, want);
+    assert_eq!(stored.checked, vec![ProviderKind::Apns]);
+    assert_eq!(stored.finished_at, None);
+
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    let done = store.set_job_state(&j.id, JobState::Done).await.unwrap();
+    let at = done.finished_at.expect("a final state is timed");
+    assert!(at >= before && at <= Utc::now(), "{at}");
+    let late = store
+        .set_job_state(&j.id, JobState::Cancelled)
+        .await
+        .unwrap();
+    assert_eq!(late.finished_at, Some(at), "set once");
+    assert_eq!(store.get_job(&j.id).await.unwrap().unwrap(), done);
+}
+
+pub async fn a_claim_is_renewed_by_its_owner_only(store: Arc<dyn PushStore>) {
+    const STALE: Duration = Duration::from_millis(300);
+    queue_job(&store, "renewed", 1).await;
+    let held = store.claim("slow", STALE).await.unwrap().unwrap();
+    // Renewed by its owner, it is never stale.
+    for _ in 0..4 {
+        tokio::time::sleep(STALE / 2).await;
+        assert!(store.renew(&held, "slow").await.unwrap());
+        assert_eq!(store.claim("other", STALE).await.unwrap(), None);
+    }
+    // Another consumer cannot renew it for itself.
+    assert!(!store.renew(&held, "other").await.unwrap());
+    // Left alone, it is taken over, and the old owner learns it.
+    tokio::time::sleep(STALE + Duration::from_millis(100)).await;
+    let taken = store.claim("other", STALE).await.unwrap().unwrap();
+    assert_eq!(taken.batch, held.batch);
+    assert!(!store.renew(&held, "slow").await.unwrap());
+    assert!(store.renew(&taken, "other").await.unwrap());
+    store
+        .complete(&taken, &JobDelta::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !store.renew(&taken, "other").await.unwrap(),
+        "a completed batch is gone"
+    );
 }
