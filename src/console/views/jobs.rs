@@ -22,6 +22,8 @@ pub struct JobRow {
     pub dry_run: bool,
     pub state: &'static str,
     pub reason: Option<String>,
+    /// Failed sends by provider and code, and each provider's last error.
+    pub failures: Option<String>,
     pub is_final: bool,
     pub total: String,
     pub sent: String,
@@ -55,6 +57,7 @@ impl JobRow {
             dry_run: job.dry_run,
             state: job.state.as_str(),
             reason: job.state.reason().map(str::to_owned),
+            failures: (!job.failures.is_empty()).then(|| job.failures.summary()),
             is_final: finished,
             total: format::count(c.total),
             sent: format::count(c.sent),

@@ -655,12 +655,12 @@ pub async fn jobs_are_listed_newest_first(store: Arc<dyn PushStore>) {
     mid.state = JobState::Done;
     mid.counters.sent = 1234;
     store.put_job(&mid).await.unwrap();
-    store
+    // As stored after the change (a final state also stamps `finished_at`).
+    let old = store
         .set_job_state("old", JobState::Cancelled)
         .await
         .unwrap();
-    let mut old = jobs[0].clone();
-    old.state = JobState::Cancelled;
+    assert_eq!((old.id.as_str(), &old.state), ("old", &JobState::Cancelled));
     let listed = store.list_jobs(10).await.unwrap();
     assert_eq!(listed, vec![jobs[2].clone(), mid.clone(), old]);
     assert_eq!(
