@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark in turn (check + batch, download, footprint, fan-out), passing the
+# Every benchmark in turn (check + batch, download, footprint, fan-out, console), passing the
 # options through: `bench/run-all.sh --smoke` is what CI runs. Builds once
 # (release, or debug with --smoke), then runs each script with --no-build.
 # Each script keeps its own raw output in bench/results/ (not with --smoke);
@@ -14,8 +14,9 @@ build --bin firmcast
 build -p hyper-ref
 build -p firmcast-push-fakes
 build -p fanout-load
+build -p console-seed
 failed=()
-for b in check download footprint fanout; do
+for b in check download footprint fanout console; do
     log "bench/$b.sh $* --no-build"
     "$BENCH_DIR/$b.sh" "$@" --no-build || failed+=("$b")
 done

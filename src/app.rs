@@ -98,6 +98,7 @@ impl Application {
             requests: requests.clone(),
             rollout: rollout.clone(),
             limits: ApiLimits::from_settings(&settings),
+            console: crate::console::Console::from_backend(&backend, &settings.console),
         });
         let edge = Arc::new(Edge {
             api,

@@ -26,6 +26,18 @@ pub struct Settings {
     pub limits: LimitsSettings,
     pub rollout: RolloutSettings,
     pub alerts: AlertsSettings,
+    pub console: ConsoleSettings,
+}
+
+/// The web console at `/console` (see `crate::console`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Leaves `Secure` off the session cookie, so a browser keeps it over
+    /// plain HTTP: for development on localhost only.
+    pub insecure_cookies: bool,
+    /// A session unused this long is gone (each page view restarts it).
+    pub session_idle_secs: u64,
 }
 
 /// Rollout intelligence (see `crate::rollout`).
@@ -281,7 +293,7 @@ pub struct AdminSettings {
     pub tokens: Vec<TokenSettings>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads everything under `/v1/admin`, changes nothing.
@@ -354,6 +366,9 @@ impl Settings {
         let hook = &self.alerts.webhook_url;
         if !(hook.is_empty() || hook.starts_with("http://") || hook.starts_with("https://")) {
             bail!("[alerts] webhook_url {hook:?} must start with http:// or https://");
+        }
+        if self.console.session_idle_secs == 0 {
+            bail!("[console] session_idle_secs must be above 0");
         }
         if self.signing.freshness_ttl_hours == 0 || self.signing.resign_interval_secs == 0 {
             bail!("signing.freshness_ttl_hours and signing.resign_interval_secs must be above 0");

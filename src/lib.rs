@@ -15,6 +15,9 @@
 //! - [`rollout`]: rollout intelligence: day-echo adoption counts, install
 //!   reports, health gates that pause a failing release, ramps; counted in
 //!   memory and flushed to the [`stats`] store.
+//! - [`console`]: the web console at `/console`: server-rendered pages
+//!   (askama, htmx, SVG charts) on the admin API's roles and operations,
+//!   with server-side sessions and CSRF tokens.
 //! - [`catalog`]: the in-memory snapshot the update check reads, swapped
 //!   atomically; offer selection, staged rollout, freshness statements.
 //! - [`storage`]: the backend (embedded redb files or one Redis link),
@@ -41,6 +44,7 @@ pub mod blob;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod edge;
 pub mod error;
 pub mod fanout;

@@ -74,23 +74,23 @@ struct PublishRequest {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HealthRequest {
-    min_reports: u64,
-    max_failure_rate: f64,
+pub(crate) struct HealthRequest {
+    pub min_reports: u64,
+    pub max_failure_rate: f64,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RampRequest {
-    steps: RampSteps,
+pub(crate) struct RampRequest {
+    pub steps: RampSteps,
     /// humantime, e.g. `24h`; `phased` steps default to 24h.
     #[serde(default)]
-    every: Option<String>,
+    pub every: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum RampSteps {
+pub(crate) enum RampSteps {
     Percents(Vec<f64>),
     Named(String),
 }
@@ -200,7 +200,17 @@ pub async fn publish(
     body: &mut RequestBody,
 ) -> Result<Response, ApiError> {
     let body = read_json_body(&parts.headers, body, MAX_JSON_BODY).await?;
-    let result = publish_inner(api, actor, &body).await;
+    let stored = publish_json(api, actor, &body).await?;
+    Ok(json(StatusCode::CREATED, &ReleaseView::of(&stored)?))
+}
+
+/// A publish request's JSON body, published (the console's publish too).
+pub(crate) async fn publish_json(
+    api: &Api,
+    actor: &Actor,
+    body: &[u8],
+) -> Result<crate::state::StoredRelease, ApiError> {
+    let result = publish_inner(api, actor, body).await;
     api.metrics.publish(if result.is_ok() {
         "published"
     } else {
@@ -209,7 +219,11 @@ pub async fn publish(
     result
 }
 
-async fn publish_inner(api: &Api, actor: &Actor, body: &[u8]) -> Result<Response, ApiError> {
+async fn publish_inner(
+    api: &Api,
+    actor: &Actor,
+    body: &[u8],
+) -> Result<crate::state::StoredRelease, ApiError> {
     let req: PublishRequest = parse_json(body)?;
     let ramp = req.ramp.map(ramp_plan).transpose()?;
     let rollout_bp = match (&ramp, req.rollout) {
@@ -254,7 +268,7 @@ async fn publish_inner(api: &Api, actor: &Actor, body: &[u8]) -> Result<Response
             }
         }
     }
-    Ok(json(StatusCode::CREATED, &ReleaseView::of(&stored)?))
+    Ok(stored)
 }
 
 #[derive(Deserialize)]
@@ -277,18 +291,18 @@ pub async fn list(releases: &Releases, parts: &Parts) -> Result<Response, ApiErr
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct PatchRequest {
-    rollout: Option<f64>,
-    paused: Option<bool>,
-    yanked: Option<bool>,
+pub(crate) struct PatchRequest {
+    pub rollout: Option<f64>,
+    pub paused: Option<bool>,
+    pub yanked: Option<bool>,
     /// Present and `null`: back to the default gate.
     #[serde(default, deserialize_with = "present")]
-    health: Option<Option<HealthRequest>>,
+    pub health: Option<Option<HealthRequest>>,
     /// Present and `null`: no more ramp.
     #[serde(default, deserialize_with = "present")]
-    ramp: Option<Option<RampRequest>>,
+    pub ramp: Option<Option<RampRequest>>,
 }
 
 /// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
@@ -310,6 +324,20 @@ pub async fn patch(
     let version = check_names(product, version)?.to_string();
     let body = read_json_body(&parts.headers, body, MAX_JSON_BODY).await?;
     let req: PatchRequest = parse_json(&body)?;
+    let updated = apply_patch(releases, actor, product, &version, req).await?;
+    Ok(json(StatusCode::OK, &ReleaseView::of(&updated)?))
+}
+
+/// A patch request applied as `actor` (the console's rollout, pause,
+/// resume, yank, ramp and gate forms too); `version` is canonical.
+pub(crate) async fn apply_patch(
+    releases: &Releases,
+    actor: &Actor,
+    product: &str,
+    version: &str,
+    req: PatchRequest,
+) -> Result<crate::state::StoredRelease, ApiError> {
+    let version = version.to_owned();
     let mut patch = ReleasePatch {
         rollout_bp: req.rollout.map(rollout_bp).transpose()?,
         paused: req.paused,
@@ -356,8 +384,7 @@ pub async fn patch(
             "send at least one of rollout, paused, yanked, health, ramp",
         ));
     }
-    let updated = releases.patch(actor, product, &version, patch).await?;
-    Ok(json(StatusCode::OK, &ReleaseView::of(&updated)?))
+    releases.patch(actor, product, &version, patch).await
 }
 
 #[derive(Deserialize)]

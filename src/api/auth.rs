@@ -86,6 +86,35 @@ impl Auth {
         Ok(actor)
     }
 
+    /// The console's sign-in: the actor `token` belongs to, under the same
+    /// per-client failure throttle as [`Auth::authenticate`] (a wrong token
+    /// typed into the form costs what a wrong bearer token costs).
+    pub fn sign_in(&self, token: &[u8], client: IpAddr) -> Result<Actor, ApiError> {
+        if !self.failures.has_token(client) {
+            return Err(self.throttled(client));
+        }
+        self.actor_for(token.trim_ascii()).ok_or_else(|| {
+            match self.failures.check(client) {
+                Ok(()) => ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "that token is not configured on this server; paste a token made with `firmcast admin token`",
+                ),
+                Err(_) => self.throttled(client),
+            }
+        })
+    }
+
+    /// The role configured for the token named `name` now, if it still is:
+    /// a console session ends when its token leaves the configuration, and
+    /// follows a change of its role.
+    pub fn role_of(&self, name: &str) -> Option<Role> {
+        self.tokens
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, role, _)| *role)
+    }
+
     fn throttled(&self, client: IpAddr) -> ApiError {
         tracing::warn!(client = %crate::privacy::IpPrefix(client), "admin sign-in attempts throttled after repeated failures");
         let mut e = ApiError::new(

@@ -116,11 +116,28 @@ pub async fn notify(
     let v = check_names(product, version)?;
     let body = read_json_body(&parts.headers, body, MAX_JSON_BODY).await?;
     let req: NotifyRequest = parse_json(&body)?;
+    let job = start_notify(api, actor, product, &v, req.dry_run, req.force).await?;
+    let body =
+        serde_json::json!({"job": job.id, "total": job.counters.total, "dry_run": job.dry_run});
+    Ok(json(StatusCode::ACCEPTED, &body))
+}
+
+/// Starts a release's notification job (or its dry run, which only
+/// counts), as `actor`, audited (the console's "Notify" too).
+pub(crate) async fn start_notify(
+    api: &Api,
+    actor: &Actor,
+    product: &str,
+    v: &semver::Version,
+    dry_run: bool,
+    force: bool,
+) -> Result<Job, ApiError> {
+    let req = NotifyRequest { dry_run, force };
     let (yanked, paused, rollout_bp) = {
         let snap = api.catalog.load();
         let r = snap
             .product(product)
-            .and_then(|p| p.release(&v))
+            .and_then(|p| p.release(v))
             .ok_or_else(|| {
                 ApiError::not_found("unknown_release", format!("no release {product} {v}"))
             })?;
@@ -151,9 +168,7 @@ pub async fn notify(
         serde_json::json!({"job": job.id, "dry_run": req.dry_run, "force": req.force, "total": job.counters.total}),
     )
     .await?;
-    let body =
-        serde_json::json!({"job": job.id, "total": job.counters.total, "dry_run": job.dry_run});
-    Ok(json(StatusCode::ACCEPTED, &body))
+    Ok(job)
 }
 
 fn check_job_id(id: &str) -> Result<(), ApiError> {

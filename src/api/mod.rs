@@ -4,12 +4,12 @@
 //! returns ([`Route::immediate`]), [`Api::answer`] for the rest. Each
 //! handler gets the parts of [`Api`] it needs, not all of them.
 
-mod admin;
+pub(crate) mod admin;
 mod artifacts;
 pub mod auth;
 pub mod batch;
 mod docs;
-mod jobs;
+pub(crate) mod jobs;
 mod ops;
 mod push;
 pub mod range;
@@ -57,6 +57,8 @@ pub struct Api {
     pub requests: Arc<crate::edge::log::RequestLog>,
     pub rollout: Arc<crate::rollout::Rollout>,
     pub limits: ApiLimits,
+    /// The web console's sessions and cookie policy.
+    pub console: crate::console::Console,
 }
 
 /// The settings handlers read.
@@ -167,6 +169,9 @@ impl Api {
                 }
                 (Route::Job(id), Some(_)) => jobs::get(&*api.push, &id).await,
                 (Route::CancelJob(id), Some(actor)) => jobs::cancel(&api, &actor, &id).await,
+                (Route::Console(page), _) => {
+                    Ok(crate::console::answer(&api, &page, &parts, b, client).await)
+                }
                 (route, _) => Err(ApiError::internal(format!(
                     "{} has no handler; this is a bug",
                     route.name()

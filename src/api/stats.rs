@@ -152,52 +152,75 @@ pub async fn view(
         })?;
         p.releases().iter().map(|r| r.stored.clone()).collect()
     };
-    let stats: &dyn StatsStore = &**api.rollout.stats();
     let today = api.rollout.today();
-    let first = today.saturating_sub(days - 1);
-    let adoption = stats
-        .adoption(product, channel, first..=today)
-        .await
-        .map_err(stats_error)?;
-    let default_gate = api.rollout.default_gate();
+    let days = adoption(api, product, days, channel).await?;
     let mut out = Vec::new();
     for s in releases {
-        let window = stats
-            .window(&s.product, &s.version, s.steering.window)
-            .await
-            .map_err(stats_error)?;
-        let gate = s.steering.health.unwrap_or(default_gate);
-        out.push(ReleaseStats {
-            rollout: f64::from(s.rollout_bp) / 100.0,
-            paused: s.paused,
-            paused_by: s.steering.paused_by.clone(),
-            pause_reason: s.steering.pause_reason.clone(),
-            yanked: s.yanked,
-            ramp: s.steering.ramp.as_ref().map(RampView::of),
-            health: GateView {
-                min_reports: gate.min_reports,
-                max_failure_rate: gate.max_failure_rate,
-                default: s.steering.health.is_none(),
-                red: window.total() >= gate.min_reports
-                    && window.failure_rate() > gate.max_failure_rate,
-            },
-            reports: ReportsView::of(&window, s.steering.window),
-            version: s.version,
-            channel: s.channel,
-        });
+        out.push(release_stats(api, s).await?);
     }
     Ok(StatsView {
         product: product.to_owned(),
         today: day::date(today),
         today_number: today,
-        days: adoption
-            .into_iter()
-            .map(|d| DayView {
-                day: day::date(d.day),
-                versions: d.versions,
-            })
-            .collect(),
+        days,
         releases: out,
+    })
+}
+
+/// `product`'s adoption per day over the last `days` days (the console's
+/// chart reads this alone: no report windows needed).
+pub async fn adoption(
+    api: &Api,
+    product: &str,
+    days: u32,
+    channel: Option<&str>,
+) -> Result<Vec<DayView>, ApiError> {
+    let today = api.rollout.today();
+    let first = today.saturating_sub(days.max(1) - 1);
+    let adoption = api
+        .rollout
+        .stats()
+        .adoption(product, channel, first..=today)
+        .await
+        .map_err(stats_error)?;
+    Ok(adoption
+        .into_iter()
+        .map(|d| DayView {
+            day: day::date(d.day),
+            versions: d.versions,
+        })
+        .collect())
+}
+
+/// One release's rollout, ramp, gate and the reports its gate reads (the
+/// console's release page reads this for its one release).
+pub async fn release_stats(
+    api: &Api,
+    s: crate::state::StoredRelease,
+) -> Result<ReleaseStats, ApiError> {
+    let stats: &dyn StatsStore = &**api.rollout.stats();
+    let window = stats
+        .window(&s.product, &s.version, s.steering.window)
+        .await
+        .map_err(stats_error)?;
+    let gate = s.steering.health.unwrap_or(api.rollout.default_gate());
+    Ok(ReleaseStats {
+        rollout: f64::from(s.rollout_bp) / 100.0,
+        paused: s.paused,
+        paused_by: s.steering.paused_by.clone(),
+        pause_reason: s.steering.pause_reason.clone(),
+        yanked: s.yanked,
+        ramp: s.steering.ramp.as_ref().map(RampView::of),
+        health: GateView {
+            min_reports: gate.min_reports,
+            max_failure_rate: gate.max_failure_rate,
+            default: s.steering.health.is_none(),
+            red: window.total() >= gate.min_reports
+                && window.failure_rate() > gate.max_failure_rate,
+        },
+        reports: ReportsView::of(&window, s.steering.window),
+        version: s.version,
+        channel: s.channel,
     })
 }
 

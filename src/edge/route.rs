@@ -67,6 +67,11 @@ pub enum Route<'a> {
     Audit,
     /// `GET /v1/admin/stats/{product}`.
     Stats(Cow<'a, str>),
+    /// `/console` and everything under it, any method: the web console,
+    /// which routes its own pages (`crate::console`) and authenticates by
+    /// its session cookie, not by bearer token. Holds the path after
+    /// `/console` (empty or starting with `/`).
+    Console(Cow<'a, str>),
 }
 
 /// Which limits and pool a route belongs to.
@@ -121,6 +126,11 @@ impl<'a> Route<'a> {
 
     /// Every route, segment by segment.
     fn parse_any(method: &Method, path: &'a str) -> Result<Route<'a>, NoRoute> {
+        if let Some(page) = path.strip_prefix("/console") {
+            if page.is_empty() || page.starts_with('/') {
+                return Ok(Route::Console(Cow::Borrowed(page)));
+            }
+        }
         let rest = path.strip_prefix('/').ok_or(NoRoute::NotFound)?;
         let mut segs = rest.split('/');
         let s: [Option<&'a str>; 7] = std::array::from_fn(|_| segs.next());
@@ -280,12 +290,14 @@ impl<'a> Route<'a> {
             | Route::Job(_)
             | Route::CancelJob(_)
             | Route::Audit
-            | Route::Stats(_) => Class::Ops,
+            | Route::Stats(_)
+            | Route::Console(_) => Class::Ops,
         }
     }
 
     /// The route behind `Authorization: Bearer`, with the least role it
-    /// needs; `None` for the public and operations routes.
+    /// needs; `None` for the public and operations routes, and for the
+    /// console, which checks its session's role per page and action.
     pub fn needs_role(&self) -> Option<crate::config::Role> {
         use crate::config::Role;
         match self {
@@ -304,7 +316,7 @@ impl<'a> Route<'a> {
 
     /// The route's names, by [`Route::index`]: metric labels and the
     /// request log.
-    pub const NAMES: [&'static str; 19] = [
+    pub const NAMES: [&'static str; 20] = [
         "check",
         "batch",
         "report",
@@ -324,6 +336,7 @@ impl<'a> Route<'a> {
         "admin.job",
         "admin.audit",
         "admin.stats",
+        "console",
     ];
 
     /// The route's place in [`Route::NAMES`] (and in per-route counters).
@@ -348,6 +361,7 @@ impl<'a> Route<'a> {
             Route::Job(_) | Route::CancelJob(_) => 16,
             Route::Audit => 17,
             Route::Stats(_) => 18,
+            Route::Console(_) => 19,
         }
     }
 
@@ -403,6 +417,7 @@ impl<'a> Route<'a> {
             Route::Job(id) => Route::Job(o(id)),
             Route::CancelJob(id) => Route::CancelJob(o(id)),
             Route::Stats(p) => Route::Stats(o(p)),
+            Route::Console(p) => Route::Console(o(p)),
             Route::Batch => Route::Batch,
             Route::Report => Route::Report,
             Route::Keys => Route::Keys,
@@ -427,7 +442,7 @@ fn param(s: &str) -> bool {
 /// A segment percent-decoded, as URLs allow (`WH%2D1000XM5` names
 /// `WH-1000XM5`); borrowed when there is nothing to decode, kept as sent
 /// when it does not decode to UTF-8 (the handler's validation names it).
-fn decode(s: &str) -> Cow<'_, str> {
+pub(crate) fn decode(s: &str) -> Cow<'_, str> {
     if !s.contains('%') {
         return Cow::Borrowed(s);
     }
@@ -575,6 +590,28 @@ mod tests {
             "not UTF-8: kept for validation to name"
         );
         assert_eq!(decode("%2F"), "/");
+    }
+
+    #[test]
+    fn the_console_is_one_ops_route_that_routes_its_own_pages() {
+        for (m, path, page) in [
+            (Method::GET, "/console", ""),
+            (Method::GET, "/console/", "/"),
+            (Method::POST, "/console/login", "/login"),
+            (Method::PUT, "/console/upload/P/1.0.0", "/upload/P/1.0.0"),
+            (Method::GET, "/console/a/b/c/d/e/f/g/h", "/a/b/c/d/e/f/g/h"),
+        ] {
+            let r = route(m, path).unwrap();
+            assert_eq!(r, Route::Console(page.into()), "{path}");
+            assert_eq!(
+                (r.class(), r.needs_role(), r.name()),
+                (Class::Ops, None, "console")
+            );
+            assert!(!r.immediate());
+        }
+        for path in ["/consoles", "/console.css", "/v1/console"] {
+            assert_eq!(route(Method::GET, path), Err(NoRoute::NotFound), "{path}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! | `P:push:seen` | sorted set | member key -> `last_seen` in ms since the epoch, so `sweep_idle` is a `ZRANGEBYSCORE` |
 //! | `P:push:lock:<member>` | string, expires | the writer lease of one member (see below); a random nonce |
 //! | `P:{fanout}:queue` | stream, consumer group `workers` | one entry per batch, field `batch` = `Batch` JSON; a claimed entry sits in the group's pending list until `complete` acknowledges and deletes it |
+//! | `P:{fanout}:jobs` | sorted set | job ids by `created_at` in ms since the epoch, written with the job by `put_job`: what `list_jobs` reads (jobs put before it existed are not listed) |
 //! | `P:{fanout}:job:<id>` | hash | one job: `id`, `product`, `version`, `dry_run` (`0`/`1`), `state` (`planning`, `running`, `done`, `cancelled`, `failed`), `reason` (failed only), `created_at` (RFC 3339, ns), `created_by`, and the counters `total`, `sent`, `failed`, `removed`, `retried`, `batches_total`, `batches_done` as decimal integers (`HINCRBY`), `finished_at` once final, `f:<provider>:<code>` = failed sends with that code (`HINCRBY`), `e:<provider>` = the provider's last error in words, `c:<provider>` = `1` once its first answers passed the mix-up check |
 //!
 //! A subscription hash only counts as a subscription once it has
@@ -236,6 +237,7 @@ struct Keys {
     prefix: String,
     seen: String,
     queue: String,
+    jobs: String,
 }
 
 impl Keys {
@@ -244,6 +246,7 @@ impl Keys {
             prefix: prefix.to_owned(),
             seen: format!("{prefix}:push:seen"),
             queue: format!("{prefix}:{{fanout}}:queue"),
+            jobs: format!("{prefix}:{{fanout}}:jobs"),
         }
     }
 
@@ -904,6 +907,11 @@ impl PushStore for RedisPushStore {
             .cmd("HSET")
             .arg(&key)
             .arg(&fields)
+            .ignore()
+            .cmd("ZADD")
+            .arg(&self.keys.jobs)
+            .arg(job.created_at.timestamp_millis())
+            .arg(&job.id)
             .ignore();
         let (counts, set) = failure_fields(&job.failures, &job.checked);
         if !counts.is_empty() || !set.is_empty() {
@@ -912,6 +920,39 @@ impl PushStore for RedisPushStore {
         self.link
             .run(|mut c| async move { Ok(c.pipe::<()>(&pipe).await?) })
             .await
+    }
+
+    async fn list_jobs(&self, limit: usize) -> Result<Vec<Job>, PushError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let index = &self.keys.jobs;
+        let ids: Vec<String> = self
+            .link
+            .run(|mut c| async move {
+                c.query(redis::cmd("ZREVRANGE").arg(index).arg(0).arg(limit - 1))
+                    .await
+            })
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(self.keys.job(id));
+        }
+        let all: Vec<Fields> = self
+            .link
+            .run(|mut c| async move { c.pipe(&pipe).await })
+            .await?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for (id, fields) in ids.iter().zip(all) {
+            // Listed but gone: nothing to show.
+            if !fields.is_empty() {
+                jobs.push(decode_job(id, &fields)?);
+            }
+        }
+        Ok(jobs)
     }
 
     async fn get_job(&self, id: &str) -> Result<Option<Job>, PushError> {

@@ -352,6 +352,11 @@ pub trait PushStore: Send + Sync + 'static {
 
     async fn get_job(&self, id: &str) -> Result<Option<Job>, PushError>;
 
+    /// The `limit` most recently created jobs, newest first (the console's
+    /// jobs page). A job listed here may have been replaced since; its
+    /// counters are as of the read.
+    async fn list_jobs(&self, limit: usize) -> Result<Vec<Job>, PushError>;
+
     /// Sets the state unless the job is already final (a cancel wins over a
     /// late "done"). Returns the job as stored afterwards.
     async fn set_job_state(&self, id: &str, state: JobState) -> Result<Job, PushError>;

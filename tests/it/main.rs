@@ -11,6 +11,7 @@ mod blob_conformance;
 mod cli_release;
 mod cli_rollout;
 mod cli_signing;
+mod console;
 mod disk_full;
 mod edge;
 mod fuzz_ranges;

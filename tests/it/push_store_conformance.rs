@@ -138,6 +138,7 @@ mod on_redis {
                 format!("{p}:push:seen"),
                 format!("{p}:push:sub:{member}"),
                 format!("{p}:{{fanout}}:job:j1"),
+                format!("{p}:{{fanout}}:jobs"),
                 format!("{p}:{{fanout}}:queue"),
             ]
         );

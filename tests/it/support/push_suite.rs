@@ -32,6 +32,7 @@ macro_rules! push_conformance {
             count_follows_the_index,
             sweep_removes_only_idle_subscriptions_everywhere,
             jobs_round_trip,
+            jobs_are_listed_newest_first,
             set_job_state_never_leaves_a_final_state,
             queue_is_fifo_and_holds_claimed_batches,
             enqueue_all_queues_in_order_after_earlier_batches,
@@ -638,6 +639,35 @@ pub async fn jobs_round_trip(store: Arc<dyn PushStore>) {
     b2.state = JobState::Done;
     store.put_job(&b2).await.unwrap();
     assert_eq!(store.get_job(&b.id).await.unwrap(), Some(b2));
+}
+
+pub async fn jobs_are_listed_newest_first(store: Arc<dyn PushStore>) {
+    assert_eq!(store.list_jobs(10).await.unwrap(), vec![]);
+    let mut jobs = Vec::new();
+    for (i, id) in ["old", "mid", "new"].into_iter().enumerate() {
+        let mut j = job(id, 1);
+        j.created_at = instant(i as i64 * 60);
+        store.put_job(&j).await.unwrap();
+        jobs.push(j);
+    }
+    // A replaced job is listed once, as it is now.
+    let mut mid = jobs[1].clone();
+    mid.state = JobState::Done;
+    mid.counters.sent = 1234;
+    store.put_job(&mid).await.unwrap();
+    // As stored after the change (a final state also stamps `finished_at`).
+    let old = store
+        .set_job_state("old", JobState::Cancelled)
+        .await
+        .unwrap();
+    assert_eq!((old.id.as_str(), &old.state), ("old", &JobState::Cancelled));
+    let listed = store.list_jobs(10).await.unwrap();
+    assert_eq!(listed, vec![jobs[2].clone(), mid.clone(), old]);
+    assert_eq!(
+        store.list_jobs(2).await.unwrap(),
+        vec![jobs[2].clone(), mid]
+    );
+    assert_eq!(store.list_jobs(0).await.unwrap(), vec![]);
 }
 
 pub async fn set_job_state_never_leaves_a_final_state(store: Arc<dyn PushStore>) {
