@@ -250,9 +250,11 @@ pub(super) fn last_day(value: &str) -> Result<u32, ApiError> {
             ),
         ));
     }
-    Ok(value
-        .parse::<u64>()
-        .map_or(u32::MAX, |d| d.min(u64::from(u32::MAX)) as u32))
+    // By hand (the hot path): any run of digits is a day, capped.
+    let day = value.bytes().fold(0u64, |d, b| {
+        d.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    });
+    Ok(day.min(u64::from(u32::MAX)) as u32)
 }
 
 /// The `If-None-Match` value, if any: one pass over the few headers an app

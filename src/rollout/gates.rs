@@ -14,63 +14,64 @@ const ADOPTION_EVERY: u64 = 10;
 
 pub(super) async fn evaluate(r: &Rollout, round: u64) {
     let snap = r.releases.catalog().load_full();
+    let live: Vec<&crate::state::StoredRelease> = snap
+        .products
+        .values()
+        .flat_map(|p| p.releases())
+        .map(|release| &release.stored)
+        .filter(|s| !s.yanked)
+        .collect();
+    let keys: Vec<_> = live
+        .iter()
+        .map(|s| (s.product.clone(), s.version.clone(), s.steering.window))
+        .collect();
+    let windows = match r.stats.windows(&keys).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read release reports; gates wait");
+            return;
+        }
+    };
     let mut reports = BTreeMap::new();
-    for product in snap.products.values() {
-        for release in product.releases() {
-            let s = &release.stored;
-            if s.yanked {
-                continue;
-            }
-            let window = match r
-                .stats
-                .window(&s.product, &s.version, s.steering.window)
-                .await
-            {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read release reports; gates wait");
-                    return;
-                }
-            };
-            if s.paused {
-                reports.insert((s.product.clone(), s.version.clone()), window);
-                continue;
-            }
-            let gate = s.steering.health.unwrap_or_else(|| r.default_gate());
-            if red(&window, gate) {
-                let reason = reason(&window, gate);
-                match r.releases.auto_pause(s, &reason, &window, gate).await {
-                    Ok(true) => {
-                        r.metrics.auto_pauses.fetch_add(1, Relaxed);
-                        tracing::warn!(product = %s.product, version = %s.version, %reason, "release paused by its health gate");
-                        r.alerts.send(format!(
+    for (s, window) in live.into_iter().zip(windows) {
+        if s.paused {
+            reports.insert((s.product.clone(), s.version.clone()), window);
+            continue;
+        }
+        let gate = s.steering.health.unwrap_or_else(|| r.default_gate());
+        if red(&window, gate) {
+            let reason = reason(&window, gate);
+            match r.releases.auto_pause(s, &reason, &window, gate).await {
+                Ok(true) => {
+                    r.metrics.auto_pauses.fetch_add(1, Relaxed);
+                    tracing::warn!(product = %s.product, version = %s.version, %reason, "release paused by its health gate");
+                    r.alerts.send(format!(
                             "firmcast paused {} {}: {reason}. Resume it once the failures are understood.",
                             s.product, s.version
                         ));
-                    }
-                    Ok(false) => {} // another instance, or a person, was first
-                    Err(e) => {
-                        tracing::warn!(error = %e.message, "cannot pause a failing release; trying again")
-                    }
                 }
-            } else if let Some(ramp) = &s.steering.ramp {
-                if ramp.next_at.is_some_and(|at| at <= Utc::now()) {
-                    match r.releases.advance_ramp(s).await {
-                        Ok(Some(updated)) => {
-                            r.metrics.ramp_steps.fetch_add(1, Relaxed);
-                            if updated.rollout_bp == 10_000 && r.auto_notify {
-                                notify(r, &updated).await;
-                            }
+                Ok(false) => {} // another instance, or a person, was first
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "cannot pause a failing release; trying again")
+                }
+            }
+        } else if let Some(ramp) = &s.steering.ramp {
+            if ramp.next_at.is_some_and(|at| at <= Utc::now()) {
+                match r.releases.advance_ramp(s).await {
+                    Ok(Some(updated)) => {
+                        r.metrics.ramp_steps.fetch_add(1, Relaxed);
+                        if updated.rollout_bp == 10_000 && r.auto_notify {
+                            notify(r, &updated).await;
                         }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e.message, "cannot move a ramp on; trying again")
-                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, "cannot move a ramp on; trying again")
                     }
                 }
             }
-            reports.insert((s.product.clone(), s.version.clone()), window);
         }
+        reports.insert((s.product.clone(), s.version.clone()), window);
     }
     r.metrics.reports.store(std::sync::Arc::new(reports));
     if round.is_multiple_of(ADOPTION_EVERY) {

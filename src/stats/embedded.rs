@@ -3,7 +3,7 @@
 
 use super::{
     window_fields, window_from_fields, Adoption, DayAdoption, Flush, StatsError, StatsStore,
-    WindowReports,
+    WindowKey, WindowReports,
 };
 use crate::storage::embedded::{DbResult, EmbeddedDb};
 use async_trait::async_trait;
@@ -141,29 +141,25 @@ impl StatsStore for EmbeddedStatsStore {
             .await
     }
 
-    async fn window(
-        &self,
-        product: &str,
-        version: &str,
-        window: u32,
-    ) -> Result<WindowReports, StatsError> {
-        let (product, version) = (product.to_owned(), version.to_owned());
+    async fn windows(&self, keys: &[WindowKey]) -> Result<Vec<WindowReports>, StatsError> {
+        let keys = keys.to_vec();
         self.db
             .run(move |db| {
                 let txn = db.begin_read().db()?;
                 let table = txn.open_table(WINDOWS).db()?;
-                let (p, v) = (product.as_str(), version.as_str());
-                let mut fields = Vec::new();
-                for row in table
-                    .range((p, v, window, "")..=(p, v, window, "\u{10ffff}"))
-                    .db()?
-                {
-                    let (key, value) = row.db()?;
-                    fields.push((key.value().3.to_owned(), value.value()));
+                let mut out = Vec::with_capacity(keys.len());
+                for (p, v, window) in &keys {
+                    let (p, v, w) = (p.as_str(), v.as_str(), *window);
+                    let mut fields = Vec::new();
+                    for row in table.range((p, v, w, "")..=(p, v, w, "\u{10ffff}")).db()? {
+                        let (key, value) = row.db()?;
+                        fields.push((key.value().3.to_owned(), value.value()));
+                    }
+                    out.push(window_from_fields(
+                        fields.iter().map(|(f, n)| (f.as_str(), *n)),
+                    ));
                 }
-                Ok(window_from_fields(
-                    fields.iter().map(|(f, n)| (f.as_str(), *n)),
-                ))
+                Ok(out)
             })
             .await
     }

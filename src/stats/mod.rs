@@ -203,6 +203,9 @@ pub(crate) fn window_from_fields<'a>(
     w
 }
 
+/// (product, version, report window).
+pub type WindowKey = (String, String, u32);
+
 #[async_trait]
 pub trait StatsStore: Send + Sync + 'static {
     /// Adds a flush, once: a flush whose id was added before adds nothing.
@@ -223,7 +226,15 @@ pub trait StatsStore: Send + Sync + 'static {
         product: &str,
         version: &str,
         window: u32,
-    ) -> Result<WindowReports, StatsError>;
+    ) -> Result<WindowReports, StatsError> {
+        let key = [(product.to_owned(), version.to_owned(), window)];
+        Ok(self.windows(&key).await?.pop().unwrap_or_default())
+    }
+
+    /// The reports of many (product, version, window)s, in the order asked,
+    /// in one read or round trip: the gates look at every live release
+    /// every few seconds.
+    async fn windows(&self, keys: &[WindowKey]) -> Result<Vec<WindowReports>, StatsError>;
 
     /// Drops counts older than [`RETENTION_DAYS`] before `today` (the
     /// embedded store; Redis keys expire by themselves).

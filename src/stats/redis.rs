@@ -13,7 +13,7 @@
 
 use super::{
     window_fields, window_from_fields, Adoption, DayAdoption, Flush, StatsError, StatsStore,
-    WindowReports,
+    WindowKey, WindowReports,
 };
 use crate::storage::RedisLink;
 use async_trait::async_trait;
@@ -170,22 +170,24 @@ impl StatsStore for RedisStatsStore {
         Ok(out)
     }
 
-    async fn window(
-        &self,
-        product: &str,
-        version: &str,
-        window: u32,
-    ) -> Result<WindowReports, StatsError> {
-        let key = self.key(&format!("window:{product}\0{version}\0{window}"));
-        let fields: HashMap<String, u64> = self
+    async fn windows(&self, keys: &[WindowKey]) -> Result<Vec<WindowReports>, StatsError> {
+        if keys.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut pipe = redis::pipe();
+        for (product, version, window) in keys {
+            pipe.cmd("HGETALL")
+                .arg(self.key(&format!("window:{product}\0{version}\0{window}")));
+        }
+        let pipe = &pipe;
+        let all: Vec<HashMap<String, u64>> = self
             .link
-            .run(|mut c| async move {
-                Ok::<_, StatsError>(c.query(redis::cmd("HGETALL").arg(&key)).await?)
-            })
+            .run(|mut c| async move { Ok::<_, StatsError>(c.pipe(pipe).await?) })
             .await?;
-        Ok(window_from_fields(
-            fields.iter().map(|(f, n)| (f.as_str(), *n)),
-        ))
+        Ok(all
+            .iter()
+            .map(|fields| window_from_fields(fields.iter().map(|(f, n)| (f.as_str(), *n))))
+            .collect())
     }
 
     async fn prune(&self, _today: u32) -> Result<(), StatsError> {

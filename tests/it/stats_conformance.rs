@@ -6,7 +6,9 @@
 use crate::support::state_suite::{redis_url, unique_prefix};
 use firmcast::stats::embedded::EmbeddedStatsStore;
 use firmcast::stats::redis::RedisStatsStore;
-use firmcast::stats::{AdoptionCount, Flush, Outcome, ReportCount, Stage, StatsStore};
+use firmcast::stats::{
+    AdoptionCount, Flush, Outcome, ReportCount, Stage, StatsStore, WindowReports,
+};
 use firmcast::storage::{EmbeddedDb, RedisLink};
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,6 +109,14 @@ async fn adds_add_up_and_a_retried_flush_counts_once(store: Arc<dyn StatsStore>)
     let w1 = store.window("P", "2.0.0", 1).await.unwrap();
     assert_eq!((w1.installed, w1.failed, w1.by_stage["boot"]), (0, 4, 4));
     assert_eq!(store.window("P", "9.9.9", 0).await.unwrap().total(), 0);
+    // Many at once, in the order asked, the unknown ones empty.
+    let key = |v: &str, w| ("P".to_owned(), v.to_owned(), w);
+    let many = store
+        .windows(&[key("2.0.0", 1), key("9.9.9", 0), key("2.0.0", 0)])
+        .await
+        .unwrap();
+    assert_eq!(many, vec![w1, WindowReports::default(), w0]);
+    assert!(store.windows(&[]).await.unwrap().is_empty());
 }
 
 async fn a_large_flush_goes_in_parts_each_counted_once(store: Arc<dyn StatsStore>) {
