@@ -207,8 +207,9 @@ impl<'q> CheckQuery<'q> {
         let Some(query) = query else {
             return Ok(q);
         };
-        if !query.contains(['%', '+']) {
-            // What apps send: nothing to decode, nothing to allocate.
+        if !query.bytes().any(|b| b == b'%' || b == b'+') {
+            // What apps send: nothing to decode, nothing to allocate (a byte
+            // scan: a char-set `contains` decodes UTF-8 char by char).
             for pair in query.split('&') {
                 let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
                 q.take(key, Cow::Borrowed(value))?;
