@@ -26,7 +26,7 @@ run() { # run AREA MUTANTS-ARGS... -- TEST-ARGS...
     local start=$SECONDS
     # 2: some mutants survived, 3: some timed out; the summary says which.
     local rc=0
-    cargo mutants --test-tool nextest --no-shuffle --timeout 300 --build-timeout 600 \
+    cargo mutants --test-tool nextest --profile mutants --no-shuffle --timeout 300 --build-timeout 600 \
         --output "mutants.out/$area" "$@" || rc=$?
     case $rc in 0 | 2 | 3) ;; *) echo "cargo mutants failed ($rc) in $area" >&2; exit "$rc" ;; esac
     local out="mutants.out/$area/mutants.out"
@@ -46,9 +46,9 @@ mkdir -p mutants.out
 for area in "${areas[@]}"; do
     case "$area" in
         signing)
-            run signing -p firmcast-signing "${SKIP[@]}" -- -p firmcast-signing ;;
+            run signing -p firmcast-signing "${SKIP[@]}" ;;
         catalog)
-            run catalog --file 'src/catalog/*.rs' "${SKIP[@]}" -- \
+            run catalog --file 'src/catalog/**' "${SKIP[@]}" -- \
                 -E 'test(/catalog::|api_updates::|tuf_attacks::|rollout::seed/)' ;;
         worker)
             run worker --file src/fanout/worker.rs --file src/fanout/breaker.rs "${SKIP[@]}" -- \

@@ -204,7 +204,6 @@ impl Fanout {
         // Set when the job stops (cancelled, failed here or elsewhere, the
         // batch taken over): no further send of this batch starts.
         let stop = AtomicBool::new(false);
-        let finished = AtomicBool::new(false);
         let lost = AtomicBool::new(false);
         let sending = futures_util::stream::iter(&subs).for_each_concurrent(
             self.batch_concurrency.max(1),
@@ -220,14 +219,16 @@ impl Fanout {
                 }
             },
         );
-        let sending = async {
-            sending.await;
-            finished.store(true, Relaxed);
-        };
+        // Watches the job and the lease while the batch sends; it never ends
+        // by itself, so the batch is done the moment its last send is (not
+        // at the watcher's next tick). After a stop, sends in flight finish.
         let watching = async {
             let mut renewed = tokio::time::Instant::now();
-            while !finished.load(Relaxed) && !stop.load(Relaxed) {
+            loop {
                 tokio::time::sleep(WATCH_JOB).await;
+                if stop.load(Relaxed) {
+                    continue;
+                }
                 if let Ok(Some(now)) = self.store.get_job(&job.id).await {
                     if now.state.is_final() {
                         stop.store(true, Relaxed);
@@ -242,7 +243,10 @@ impl Fanout {
                 }
             }
         };
-        tokio::join!(sending, watching);
+        tokio::select! {
+            () = sending => {}
+            () = watching => {}
+        }
         let Tally { mut delta, fatal } = tally.into_inner().unwrap_or_else(|e| e.into_inner());
         if lost.load(Relaxed) {
             // Its new owner sends the rest and counts the batch.
