@@ -46,4 +46,36 @@ mod tests {
         assert!(is_sha256_hex(&hex));
         assert!(!is_sha256_hex(&hex.to_uppercase()));
     }
+
+    /// Gives `first` once, then `data`.
+    struct Flaky {
+        first: Option<std::io::ErrorKind>,
+        data: &'static [u8],
+    }
+
+    impl Read for Flaky {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if let Some(kind) = self.first.take() {
+                return Err(kind.into());
+            }
+            self.data.read(buf)
+        }
+    }
+
+    #[test]
+    fn an_interrupted_read_is_retried_and_any_other_error_returned() {
+        let interrupted = Flaky {
+            first: Some(std::io::ErrorKind::Interrupted),
+            data: b"firmware",
+        };
+        let (hex, size) = sha256_reader(interrupted).unwrap();
+        assert_eq!((hex, size), (sha256_hex(b"firmware"), 8));
+
+        let broken = Flaky {
+            first: Some(std::io::ErrorKind::UnexpectedEof),
+            data: b"firmware",
+        };
+        let err = sha256_reader(broken).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 }

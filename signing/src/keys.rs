@@ -223,6 +223,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_new_public_file_is_written_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.pub.pem");
+        write_new_file(&path, b"first").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let err = write_new_file(&path, b"second").unwrap_err();
+        assert!(matches!(err, Error::Exists { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+    }
+
+    #[test]
     fn pem_round_trip_and_keyid() {
         let dir = tempfile::tempdir().unwrap();
         let key = PrivateKey::generate();

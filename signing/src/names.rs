@@ -216,5 +216,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.len() < 300, "{msg}");
+        assert!(msg.contains(&format!("{}...", "y".repeat(80))), "{msg}");
+    }
+
+    #[test]
+    fn truncation_keeps_80_bytes_and_never_splits_a_character() {
+        assert_eq!(truncate("short"), "short");
+        assert_eq!(truncate(&"x".repeat(80)), "x".repeat(80));
+        assert_eq!(truncate(&"x".repeat(81)), format!("{}...", "x".repeat(80)));
+        // 'é' is two bytes at 79..81: the cut goes before it, not after.
+        let s = format!("{}é{}", "a".repeat(79), "b".repeat(50));
+        assert_eq!(truncate(&s), format!("{}...", "a".repeat(79)));
     }
 }

@@ -254,5 +254,37 @@ mod tests {
         assert!(!m.applies_to(&Version::new(2, 2, 0)), "not newer");
         assert_eq!(m.note_for("ja-JP"), Some("通話品質"));
         assert_eq!(m.note_for("de"), Some("Improves call quality."));
+
+        // Without `from`, only newer counts: the same version is no update.
+        let open = ReleaseManifest { from: None, ..m };
+        assert!(open.applies_to(&Version::new(1, 0, 0)));
+        assert!(!open.applies_to(&Version::new(2, 2, 0)), "not newer");
+        assert!(!open.applies_to(&Version::new(2, 3, 0)), "older");
+    }
+
+    #[test]
+    fn channel_defaults_to_stable_and_notes_stop_at_the_locale_cap() {
+        let mut v: serde_json::Value = serde_json::from_slice(&manifest().to_payload()).unwrap();
+        v.as_object_mut().unwrap().remove("channel");
+        let m = ReleaseManifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(m.channel, "stable");
+
+        let locales = ('a'..='z').flat_map(|a| ('a'..='z').map(move |b| format!("{a}{b}")));
+        let mut m = manifest();
+        m.notes = locales
+            .clone()
+            .take(MAX_NOTE_LOCALES)
+            .map(|l| (l, "x".into()))
+            .collect();
+        m.validate().unwrap();
+        m.notes = locales
+            .take(MAX_NOTE_LOCALES + 1)
+            .map(|l| (l, "x".into()))
+            .collect();
+        let err = m.validate().unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid { field, .. } if field == "notes"),
+            "{err}"
+        );
     }
 }

@@ -199,4 +199,19 @@ mod tests {
         let checked = Breaker::new(&HashMap::from([(APNS, 500)]), &[APNS]);
         assert_eq!(checked.answer(APNS, "a", BAD), Verdict::Deliver);
     }
+
+    #[test]
+    fn exactly_half_bad_is_not_most() {
+        let b = breaker(500);
+        for i in 0..WINDOW / 2 {
+            assert_eq!(b.answer(APNS, &format!("bad{i}"), BAD), Verdict::Hold);
+        }
+        for i in 0..WINDOW / 2 - 1 {
+            assert_eq!(b.answer(APNS, &format!("ok{i}"), None), Verdict::Deliver);
+        }
+        match b.answer(APNS, "ok-last", None) {
+            Verdict::Healthy(held) => assert_eq!(held.len(), WINDOW / 2),
+            other => panic!("half of the window tripped the breaker: {other:?}"),
+        }
+    }
 }

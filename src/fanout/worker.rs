@@ -48,7 +48,26 @@ pub struct Fanout {
     /// Jobs cancelled through this instance, newest last: its workers stop
     /// sending for them at once; other instances' workers learn it from the
     /// store within [`WATCH_JOB`].
-    pub cancelled: std::sync::Mutex<std::collections::VecDeque<String>>,
+    pub cancelled: RecentCancels,
+}
+
+/// The last [`CANCELLED_KEPT`] jobs cancelled through this instance.
+#[derive(Default)]
+pub struct RecentCancels(std::sync::Mutex<std::collections::VecDeque<String>>);
+
+impl RecentCancels {
+    fn add(&self, job: &str) {
+        let mut jobs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.push_back(job.to_owned());
+        if jobs.len() > CANCELLED_KEPT {
+            jobs.pop_front();
+        }
+    }
+
+    fn contains(&self, job: &str) -> bool {
+        let jobs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.iter().any(|j| j == job)
+    }
 }
 
 /// How often a running batch re-reads its job, to stop when it was
@@ -78,19 +97,12 @@ impl Fanout {
     /// workers sending for it before the call returns: no send starts
     /// after a cancel is acknowledged.
     pub async fn cancel(&self, job: &str) -> Result<super::Job, PushError> {
-        {
-            let mut cancelled = self.cancelled.lock().unwrap_or_else(|e| e.into_inner());
-            cancelled.push_back(job.to_owned());
-            if cancelled.len() > CANCELLED_KEPT {
-                cancelled.pop_front();
-            }
-        }
+        self.cancelled.add(job);
         self.store.set_job_state(job, JobState::Cancelled).await
     }
 
     fn cancelled_here(&self, job: &str) -> bool {
-        let cancelled = self.cancelled.lock().unwrap_or_else(|e| e.into_inner());
-        cancelled.iter().any(|j| j == job)
+        self.cancelled.contains(job)
     }
 
     /// The providers `[push.apns]` and `[push.fcm]` enable, over `store`;
@@ -493,5 +505,25 @@ fn summary_or_count(failures: &Failures, failed: u64) -> String {
     match failures.is_empty() {
         true => format!("{failed} sends failed"),
         false => failures.summary(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_cancels_are_remembered_and_the_oldest_forgotten() {
+        let recent = RecentCancels::default();
+        for i in 0..=CANCELLED_KEPT {
+            recent.add(&format!("job{i}"));
+        }
+        assert!(
+            !recent.contains("job0"),
+            "one past the cap drops the oldest"
+        );
+        for i in 1..=CANCELLED_KEPT {
+            assert!(recent.contains(&format!("job{i}")), "job{i} forgotten");
+        }
     }
 }
