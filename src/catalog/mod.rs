@@ -620,6 +620,48 @@ mod tests {
         let f2 = verifier.verify_freshness(&f2, Utc::now()).unwrap();
         assert!(f2.expires >= f1.expires);
         assert_eq!(snap2.release_count(), 2);
+        let versions: Vec<String> = snap2
+            .product("P")
+            .unwrap()
+            .releases()
+            .iter()
+            .map(|r| r.manifest.version.to_string())
+            .collect();
+        assert_eq!(versions, ["1.2.0", "1.1.0"], "newest first");
+    }
+
+    #[test]
+    fn freshness_names_the_newest_live_release_of_its_own_channel() {
+        let (signer, key) = signer();
+        let verifier = signer.keyset.clone();
+        let catalog = Catalog::new(signer, String::new());
+        let mut yanked = stored(&key, "1.1.0", 2, 10_000);
+        yanked.yanked = true;
+        catalog.replace(vec![
+            stored(&key, "1.0.0", 1, 10_000),
+            yanked,
+            stored_for(&key, "P", "nightly", "1.2.0-n.1", 3, 10_000),
+        ]);
+        let snap = catalog.load_full();
+        let f = Envelope::parse(snap.product("P").unwrap().freshness("stable").unwrap()).unwrap();
+        let f = verifier.verify_freshness(&f, Utc::now()).unwrap();
+        assert_eq!(f.latest_seq, 1, "not the yanked 2 nor nightly's 3");
+    }
+
+    #[test]
+    fn a_release_changed_in_the_store_is_rebuilt() {
+        let (signer, key) = signer();
+        let catalog = Catalog::new(signer, String::new());
+        let r = stored(&key, "1.0.0", 1, 10_000);
+        catalog.replace(vec![r.clone()]);
+        let changed = StoredRelease {
+            published_by: "someone else".into(),
+            ..r
+        };
+        catalog.replace(vec![changed]);
+        let snap = catalog.load_full();
+        let p = snap.product("P").unwrap();
+        assert_eq!(p.releases()[0].stored.published_by, "someone else");
     }
 
     #[test]
