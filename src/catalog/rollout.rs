@@ -38,6 +38,23 @@ pub fn in_rollout(seed: u64, rollout_bp: u16, ip: IpAddr) -> bool {
 mod tests {
     use super::*;
 
+    /// Buckets are part of the contract across versions: during a rolling
+    /// upgrade, old and new instances must put a device in the same bucket,
+    /// or a 10% rollout reaches different devices depending on the instance.
+    #[test]
+    fn buckets_do_not_change_between_versions() {
+        let got: Vec<u16> = [
+            (42, "198.51.100.7"),
+            (42, "198.51.100.200"),
+            (7, "198.51.100.7"),
+            (u64::MAX, "2001:db8:1:2::1"),
+        ]
+        .iter()
+        .map(|(seed, ip)| bucket(*seed, ip.parse().unwrap()))
+        .collect();
+        assert_eq!(got, [276, 9414, 4140, 3085]);
+    }
+
     #[test]
     fn deterministic_and_proportional() {
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
