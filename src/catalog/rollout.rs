@@ -70,6 +70,14 @@ mod tests {
         assert!((0.23..0.27).contains(&share), "25% rollout hit {share}");
         assert!(!in_rollout(7, 0, ip));
         assert!(in_rollout(7, 10_000, ip));
+
+        // At 0% nobody, not even bucket 0; at 0.01% exactly bucket 0.
+        let zero = (0..1_000_000u32)
+            .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+            .find(|ip| bucket(7, *ip) == 0)
+            .expect("some address falls in bucket 0");
+        assert!(!in_rollout(7, 0, zero));
+        assert!(in_rollout(7, 1, zero));
     }
 
     #[test]
