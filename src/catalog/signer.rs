@@ -99,3 +99,40 @@ fn load_history(dir: &Path, current: &VerifiedKeyset) -> Result<BTreeMap<u64, By
     }
     Ok(history)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn keyset(version: u64, root: &PrivateKey) -> Envelope {
+        let key = PrivateKey::generate();
+        Keyset {
+            version,
+            expires: Utc::now() + Duration::days(1),
+            root: None,
+            release: Role::single(key.public().clone()),
+            timestamp: Role::single(key.public().clone()),
+        }
+        .sign(&[root])
+        .unwrap()
+    }
+
+    #[test]
+    fn history_stops_at_the_first_missing_version_and_any_other_read_error_is_refused() {
+        let root = PrivateKey::generate();
+        let pinned = Role::single(root.public().clone());
+        let current = VerifiedKeyset::verify_pinned(keyset(3, &root), &pinned, Utc::now()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+
+        // 2.json present, 1.json missing: the history is version 2.
+        std::fs::write(dir.path().join("2.json"), keyset(2, &root).to_json_bytes()).unwrap();
+        let history = load_history(dir.path(), &current).unwrap();
+        assert_eq!(history.keys().copied().collect::<Vec<_>>(), [2]);
+
+        // 1.json unreadable (a directory): an error, not a shorter history.
+        std::fs::create_dir(dir.path().join("1.json")).unwrap();
+        let err = load_history(dir.path(), &current).unwrap_err();
+        assert!(format!("{err:#}").contains("1.json"), "{err:#}");
+    }
+}
