@@ -511,6 +511,45 @@ fn summary_or_count(failures: &Failures, failed: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fanout::JobCounters;
+
+    #[test]
+    fn a_job_fails_only_when_nothing_at_all_could_be_sent() {
+        let job = |sent, removed, failed| super::super::Job {
+            id: "j".into(),
+            product: "P".into(),
+            version: "1.0.0".into(),
+            dry_run: false,
+            state: JobState::Running,
+            created_at: chrono::Utc::now(),
+            created_by: "t".into(),
+            counters: JobCounters {
+                total: sent + removed + failed,
+                sent,
+                removed,
+                failed,
+                ..JobCounters::default()
+            },
+            batches_total: 1,
+            batches_done: 1,
+            finished_at: None,
+            failures: Default::default(),
+            checked: vec![],
+        };
+        assert_eq!(final_state(&job(0, 0, 0)), JobState::Done, "no subscribers");
+        assert_eq!(final_state(&job(3, 0, 2)), JobState::Done, "some sent");
+        assert_eq!(
+            final_state(&job(0, 3, 2)),
+            JobState::Done,
+            "some tokens dead"
+        );
+        match final_state(&job(0, 0, 5)) {
+            JobState::Failed(reason) => {
+                assert_eq!(reason, "nothing could be sent: 5 sends failed")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn the_last_cancels_are_remembered_and_the_oldest_forgotten() {
