@@ -401,10 +401,13 @@ async fn bad_reports_are_refused_with_what_to_send_and_count_nothing() {
         let e: Value = r.json().await.unwrap();
         assert_eq!(e["error"], code, "{body}: {e}");
     }
+    // A failure may say where and why: stage and code are welcome with it.
+    let mut failed = with("stage", json!("install"));
+    failed["code"] = json!("E_FLASH_42");
     let ok = app
         .client
         .post(format!("{}/v1/reports", app.url))
-        .json(&base)
+        .json(&failed)
         .send()
         .await
         .unwrap();
