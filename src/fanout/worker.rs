@@ -515,7 +515,7 @@ mod tests {
 
     #[test]
     fn a_job_fails_only_when_nothing_at_all_could_be_sent() {
-        let job = |sent, removed, failed| super::super::Job {
+        let job = |sent, removed, failed| crate::fanout::Job {
             id: "j".into(),
             product: "P".into(),
             version: "1.0.0".into(),
