@@ -403,6 +403,23 @@ async fn etag_and_no_cookies() {
         .await
         .unwrap();
     assert_eq!(r.status(), 304);
+    // A list naming it, its weak form, or `*` is as good; other tags are not.
+    let tag = etag.to_str().unwrap();
+    for (tags, status) in [
+        (format!("\"other\", {tag}"), 304),
+        (format!("W/{tag}"), 304),
+        ("*".to_owned(), 304),
+        ("\"other\", \"another\"".to_owned(), 200),
+    ] {
+        let r = app
+            .client
+            .get(&url)
+            .header("if-none-match", &tags)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "If-None-Match: {tags}");
+    }
     // A change to the catalog changes the answer's tag.
     app.patch("P", "1.1.0", json!({"paused": true})).await;
     let r = app
