@@ -154,7 +154,13 @@ pub fn check(
         "none"
     });
     rollout.checked(product, channel, version, q.last_day);
-    let day = rollout.today();
+    respond(&answer, rollout.today(), headers)
+}
+
+/// The answer to a check resolved to `answer` on `day`: 304 when the app
+/// holds it, else the cached whole answer, rebuilt when it was built on
+/// an earlier day.
+fn respond(answer: &Answer<'_>, day: u32, headers: &HeaderMap) -> Response {
     if let Some(tags) = if_none_match(headers) {
         let etag = etag(answer.statement, answer.seq, day);
         if names(tags, &etag) {
@@ -173,7 +179,7 @@ pub fn check(
         set_cache_headers(&mut headers, etag(answer.statement, answer.seq, day));
         CachedAnswer {
             day,
-            body: whole_answer(&answer, day),
+            body: whole_answer(answer, day),
             headers,
         }
     };
@@ -330,6 +336,39 @@ fn set_cache_headers(h: &mut HeaderMap, etag: HeaderValue) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::catalog::testing::{signer, stored};
+
+    fn body(resp: Response) -> serde_json::Value {
+        match resp.into_body() {
+            crate::edge::body::Body::Full(bytes) => serde_json::from_slice(&bytes).unwrap(),
+            crate::edge::body::Body::Stream(_) => panic!("a check answers in one piece"),
+        }
+    }
+
+    #[test]
+    fn an_answer_cached_yesterday_is_rebuilt_with_todays_day() {
+        let (signer, key) = signer();
+        let catalog = Catalog::new(signer, String::new());
+        catalog.replace(vec![stored(&key, "1.1.0", 1, 10_000)]);
+        let snap = catalog.load_full();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let answer = resolve(&snap, "P", "1.0.0", "stable", ip).unwrap();
+        let none = HeaderMap::new();
+
+        let today = respond(&answer, 20_424, &none);
+        let etag = today.headers()[header::ETAG].clone();
+        assert_eq!(body(today)["day"], 20_424);
+        // Past midnight, the same statement (still cached) answers with the new day.
+        let tomorrow = respond(&answer, 20_425, &none);
+        assert_ne!(tomorrow.headers()[header::ETAG], etag);
+        assert_eq!(body(tomorrow)["day"], 20_425);
+        // Yesterday's tag is no longer the answer the app holds.
+        let mut held = HeaderMap::new();
+        held.insert(header::IF_NONE_MATCH, etag);
+        assert_eq!(respond(&answer, 20_425, &held).status(), StatusCode::OK);
+    }
+
     #[test]
     fn etags_are_quoted_lowercase_hex() {
         for (g, s, d) in [

@@ -14,7 +14,7 @@ use super::store::{
     Claimed, Failures, JobDelta, JobState, ProviderKind, PushError, PushStore, Subscription,
 };
 use crate::catalog::Catalog;
-use crate::push::{Notice, Prepared, Provider, RetryPolicy, SendOutcome};
+use crate::push::{Next, Notice, Prepared, Provider, RetryPolicy, SendOutcome};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -408,7 +408,6 @@ impl Fanout {
         prepared: &Prepared,
         token: &str,
     ) -> (SendOutcome, u32) {
-        let max_attempts = self.policy.max_attempts.max(1);
         let mut attempts = 0;
         loop {
             slot.pacer.wait().await;
@@ -421,22 +420,13 @@ impl Fanout {
                 slot.provider.send_prepared(prepared, token).await
             };
             attempts += 1;
-            let SendOutcome::Retry { after, .. } = &outcome else {
-                return (outcome, attempts);
-            };
-            if attempts >= max_attempts {
-                return (outcome, attempts);
-            }
-            if let Some(quiet) = slot.provider.backoff(&outcome) {
-                if quiet > self.policy.max_delay {
-                    return (outcome, attempts);
-                }
-                slot.pacer.pause(quiet).await;
-                continue;
-            }
-            match self.policy.delay(attempts - 1, *after) {
-                Some(delay) => tokio::time::sleep(delay).await,
-                None => return (outcome, attempts),
+            match self
+                .policy
+                .next(attempts, &outcome, slot.provider.backoff(&outcome))
+            {
+                Next::Stop => return (outcome, attempts),
+                Next::Quiet(quiet) => slot.pacer.pause(quiet).await,
+                Next::Retry(wait) => tokio::time::sleep(wait).await,
             }
         }
     }

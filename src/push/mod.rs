@@ -333,8 +333,8 @@ pub trait Provider: Send + Sync {
     }
 }
 
-/// Backoff for [`send_with_retry`]: exponential with full jitter, capped
-/// attempts and delay, `Retry-After` honoured.
+/// Backoff for the fan-out and [`send_with_retry`]: exponential with full
+/// jitter, capped attempts and delay, `Retry-After` honoured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Sends in all, the first included (at least 1).
@@ -381,6 +381,44 @@ impl RetryPolicy {
         let jitter = Duration::from_nanos(rand::thread_rng().gen_range(0..=window));
         Some(floor + jitter)
     }
+
+    /// What a sender does after the `attempts`-th send of one message
+    /// answered `outcome`. `quiet` is the provider's own ask for quiet
+    /// ([`Provider::backoff`]); a sender that shares the provider with
+    /// others pauses them all, a lone sender just waits. One rule for the
+    /// fan-out and for [`send_with_retry`].
+    pub fn next(&self, attempts: u32, outcome: &SendOutcome, quiet: Option<Duration>) -> Next {
+        let SendOutcome::Retry { after, .. } = outcome else {
+            return Next::Stop;
+        };
+        if attempts >= self.max_attempts.max(1) {
+            return Next::Stop;
+        }
+        if let Some(quiet) = quiet {
+            // Longer than this policy waits: the caller gives the message back.
+            return if quiet > self.max_delay {
+                Next::Stop
+            } else {
+                Next::Quiet(quiet)
+            };
+        }
+        match self.delay(attempts.saturating_sub(1), *after) {
+            Some(delay) => Next::Retry(delay),
+            None => Next::Stop,
+        }
+    }
+}
+
+/// The step after a send, per [`RetryPolicy::next`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// The outcome is final: sent, dead, fatal, or retries are used up.
+    Stop,
+    /// Send this message again after this long.
+    Retry(Duration),
+    /// The provider wants quiet this long: pause every send to it, then
+    /// send this message again.
+    Quiet(Duration),
 }
 
 /// The final outcome of [`send_with_retry`] and how many sends it took.
@@ -418,20 +456,13 @@ pub async fn send_prepared_with_retry<P>(
 where
     P: Provider + ?Sized,
 {
-    let max_attempts = policy.max_attempts.max(1);
     let mut attempts = 0;
     loop {
         let outcome = provider.send_prepared(prepared, token).await;
         attempts += 1;
-        let SendOutcome::Retry { after, .. } = &outcome else {
-            return Delivery { outcome, attempts };
-        };
-        if attempts >= max_attempts {
-            return Delivery { outcome, attempts };
-        }
-        match policy.delay(attempts - 1, *after) {
-            Some(delay) => tokio::time::sleep(delay).await,
-            None => return Delivery { outcome, attempts },
+        match policy.next(attempts, &outcome, None) {
+            Next::Stop => return Delivery { outcome, attempts },
+            Next::Retry(wait) | Next::Quiet(wait) => tokio::time::sleep(wait).await,
         }
     }
 }
@@ -639,6 +670,66 @@ mod tests {
         assert_eq!(delivery.attempts, 1);
         assert_eq!(delivery.outcome, retry(Some(3600)));
         assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn next_stops_on_final_outcomes_and_after_the_last_attempt() {
+        let p = policy(); // 4 attempts
+        for outcome in [
+            SendOutcome::Sent { id: None },
+            SendOutcome::dead("Unregistered", "Unregistered"),
+            SendOutcome::fatal("PayloadTooLarge", "APNs 413"),
+        ] {
+            assert_eq!(p.next(1, &outcome, None), Next::Stop, "{outcome:?}");
+        }
+        assert_ne!(p.next(3, &retry(None), None), Next::Stop);
+        assert_eq!(p.next(4, &retry(None), None), Next::Stop);
+        assert_eq!(
+            p.next(4, &retry(None), Some(Duration::from_secs(1))),
+            Next::Stop
+        );
+    }
+
+    #[test]
+    fn next_pauses_the_provider_for_as_much_quiet_as_the_policy_waits() {
+        let p = policy(); // max_delay 10 s
+        let quiet = |s| p.next(1, &retry(Some(1)), Some(Duration::from_secs(s)));
+        assert_eq!(quiet(1), Next::Quiet(Duration::from_secs(1)));
+        assert_eq!(
+            quiet(10),
+            Next::Quiet(Duration::from_secs(10)),
+            "max_delay itself is waited"
+        );
+        assert_eq!(quiet(11), Next::Stop, "longer: the message is given back");
+    }
+
+    #[test]
+    fn next_retries_in_the_window_of_its_retry_number() {
+        let p = policy(); // base 100 ms
+        for attempts in 1..=3u32 {
+            let window = p.window(attempts - 1);
+            let waits: Vec<Duration> = (0..200)
+                .map(|_| match p.next(attempts, &retry(None), None) {
+                    Next::Retry(wait) => wait,
+                    other => panic!("attempt {attempts}: {other:?}"),
+                })
+                .collect();
+            assert!(
+                waits.iter().all(|w| *w <= window),
+                "attempt {attempts}: over {window:?}"
+            );
+            let high = waits.iter().filter(|w| **w > window / 2).count();
+            assert!(
+                high > 20,
+                "attempt {attempts}: {high} of 200 in the top half of {window:?}"
+            );
+        }
+        // Retry-After is the floor; beyond max_delay the message is given back.
+        match p.next(1, &retry(Some(2)), None) {
+            Next::Retry(wait) => assert!(wait >= Duration::from_secs(2), "{wait:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.next(1, &retry(Some(11)), None), Next::Stop);
     }
 
     #[test]
