@@ -410,19 +410,12 @@ impl ClientTable {
         map.retain(|_, e| e.in_flight > 0 || now_ms.wrapping_sub(e.last_ms) < cutoff);
     }
 
-    pub fn len(&self) -> usize {
+    /// Clients tracked now.
+    pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
             .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.shard_capacity * self.shards.len()
     }
 }
 
@@ -451,6 +444,10 @@ mod tests {
         fn tracks(&self, ip: IpAddr) -> bool {
             let key = self.hash(ip);
             self.shard(key).contains_key(&key)
+        }
+
+        fn capacity(&self) -> usize {
+            self.shard_capacity * self.shards.len()
         }
     }
 
@@ -598,6 +595,7 @@ mod tests {
         assert!(!adm.saturated());
         let other = adm.admit(Class::Public, ip("198.51.100.1")).unwrap();
         assert!(adm.saturated(), "the tenth slot is taken");
+        assert_eq!(adm.tracked_clients(), 4);
         let full = adm.admit(Class::Public, ip("198.51.100.2")).err().unwrap();
         assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(full.retry_after(), Some(1));
@@ -653,5 +651,127 @@ mod tests {
         assert!(t.check(a).is_ok());
         assert!(!t.has_token(a));
         assert!(t.check(a).is_err());
+    }
+
+    #[test]
+    fn without_limits_nothing_is_tracked_and_nothing_is_full() {
+        // No rate and no caps: every request is admitted, no client is
+        // remembered (memory), and the server never calls itself saturated.
+        let adm = Arc::new(Admission::new(&settings()));
+        let held: Vec<Ticket> = (0..1_000u32)
+            .map(|i| {
+                let client = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i % 4));
+                adm.admit(Class::Public, client).unwrap()
+            })
+            .collect();
+        assert_eq!(adm.in_flight(), (1_000, 0));
+        assert!(!adm.saturated(), "an unlimited pool is never full");
+        assert_eq!(adm.tracked_clients(), 0);
+        drop(held);
+        assert_eq!(adm.in_flight(), (0, 0));
+    }
+
+    #[test]
+    fn a_rate_limited_client_is_told_how_long_to_wait() {
+        let mut s = settings();
+        s.per_ip_rps = 0.1; // one per 10 s
+        let adm = Arc::new(Admission::new(&s));
+        let a = ip("192.0.2.1");
+        assert!(adm.rate(a).is_ok());
+        let refused = adm.rate(a).err().unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.0.code, "rate_limited");
+        assert_eq!(refused.retry_after(), Some(10));
+        assert!(
+            refused.0.message.contains("retry after 10 s"),
+            "{}",
+            refused.0.message
+        );
+    }
+
+    #[test]
+    fn a_spent_bucket_refills_on_the_clock() {
+        let t = ClientTable::new(100.0, 1.0, 100);
+        let a = ip("192.0.2.1");
+        assert!(t.check(a).is_ok());
+        assert!(t.check(a).is_err(), "the burst of one is spent");
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while t.check(a).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "no token 5 s after asking for 100 a second"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn client_keys_are_hashed_once_not_twice() {
+        // The map's hasher passes the SipHash output through: distinct
+        // clients keep distinct hashes (a constant hash would put a shard
+        // in one bucket, every lookup a scan under its lock).
+        let hash = |write: &dyn Fn(&mut IdentityHasher)| {
+            let mut h = IdentityHasher::default();
+            write(&mut h);
+            h.finish()
+        };
+        assert_eq!(
+            hash(&|h| h.write_u64(0x0123_4567_89ab_cdef)),
+            0x0123_4567_89ab_cdef
+        );
+        assert_eq!(hash(&|h| h.write(&[0x12, 0x34, 0x56])), 0x12_3456);
+        let t = ClientTable::new(1.0, 1.0, 100);
+        let keys: std::collections::HashSet<u64> = (0..1_000u32)
+            .map(|i| t.hash(IpAddr::from(std::net::Ipv4Addr::from(i))))
+            .collect();
+        assert_eq!(keys.len(), 1_000);
+    }
+
+    #[test]
+    fn eviction_forgets_refilled_buckets_and_keeps_the_rest() {
+        let t = ClientTable::new(10.0, 10.0, 512); // 64 shards of 8; refilled after 1 s
+        assert_eq!((t.shard_capacity, t.refill_ms), (8, 1_000));
+        let now = 10_000;
+        let entry = |age: u32, in_flight: u16| Entry {
+            tokens: 0.0,
+            last_ms: now - age,
+            in_flight,
+        };
+        let mut map = Map::default();
+        // Refilled, so forgetting them loses nothing: exactly 1 s is refilled.
+        for (key, age) in [(1, 1_000), (2, 5_000), (3, 9_000), (4, 10_000)] {
+            map.insert(key, entry(age, 0));
+        }
+        // Seen within the last second, or with a request in flight.
+        for (key, age) in [(5, 999), (6, 500), (7, 0)] {
+            map.insert(key, entry(age, 0));
+        }
+        map.insert(8, entry(10_000, 1));
+        t.evict(&mut map, now);
+        let mut kept: Vec<u64> = map.keys().copied().collect();
+        kept.sort();
+        assert_eq!(kept, [5, 6, 7, 8], "only the refilled buckets go");
+    }
+
+    #[test]
+    fn a_full_shard_of_recent_clients_forgets_its_oldest_eighth_not_in_flight() {
+        let t = ClientTable::new(10.0, 10.0, 1024); // 64 shards of 16
+        assert_eq!(t.shard_capacity, 16);
+        let now = 10_000;
+        let mut map: Map = (0..16u64)
+            .map(|key| {
+                let e = Entry {
+                    tokens: 0.0,
+                    last_ms: now - key as u32 * 10, // key 15 is the oldest
+                    in_flight: u16::from(key == 15),
+                };
+                (key, e)
+            })
+            .collect();
+        t.evict(&mut map, now);
+        let mut kept: Vec<u64> = map.keys().copied().collect();
+        kept.sort();
+        // Two of 16 go: the oldest two that hold no request.
+        assert_eq!(kept, (0..13).chain([15]).collect::<Vec<u64>>());
     }
 }
