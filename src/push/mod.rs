@@ -395,7 +395,7 @@ impl RetryPolicy {
             return Next::Stop;
         }
         if let Some(quiet) = quiet {
-            // Longer than this policy waits: the caller gives the message back.
+            // Longer than this policy waits: the send ends with this answer.
             return if quiet > self.max_delay {
                 Next::Stop
             } else {
@@ -412,7 +412,8 @@ impl RetryPolicy {
 /// The step after a send, per [`RetryPolicy::next`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
-    /// The outcome is final: sent, dead, fatal, or retries are used up.
+    /// The outcome is final: sent, dead, fatal, retries used up, or a
+    /// longer wait asked for than the policy gives.
     Stop,
     /// Send this message again after this long.
     Retry(Duration),
@@ -700,7 +701,11 @@ mod tests {
             Next::Quiet(Duration::from_secs(10)),
             "max_delay itself is waited"
         );
-        assert_eq!(quiet(11), Next::Stop, "longer: the message is given back");
+        assert_eq!(
+            quiet(11),
+            Next::Stop,
+            "longer: the send ends with that answer"
+        );
     }
 
     #[test]
