@@ -35,7 +35,12 @@ done
 if [ "$SMOKE" = 1 ]; then ROUNDS=1; DURATION=1s; PROFILE=debug; else PROFILE=release; fi
 SERVER_CPU="${BENCH_SERVER_CPU:-0}"
 LOAD_CPU="${BENCH_LOAD_CPU:-1}"
-BIN="$ROOT/target/$PROFILE"
+# Where cargo builds: CARGO_TARGET_DIR when set (relative to the repository), else target/.
+case "${CARGO_TARGET_DIR:-}" in
+    "") BIN="$ROOT/target/$PROFILE" ;;
+    /*) BIN="$CARGO_TARGET_DIR/$PROFILE" ;;
+    *) BIN="$ROOT/$CARGO_TARGET_DIR/$PROFILE" ;;
+esac
 
 log() { echo "== $*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
